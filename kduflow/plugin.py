@@ -1,0 +1,81 @@
+"""The kduflow Temporal plugin: every kduflow workflow and activity, registered in one place.
+
+An orchestrator that already runs its own Temporal worker embeds kduflow with::
+
+    worker = Worker(client, task_queue="kduflow", plugins=[KduflowPlugin()])
+
+``worker.py`` does exactly that for a standalone worker. The plugin owns the resources its activities
+share (the store client and the per-cluster environments) and closes them when the worker stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from temporalio.plugin import SimplePlugin
+
+from activities.cluster_env import ClusterEnvs
+from activities.clusters import ClusterActivities
+from activities.release import ReleaseActivities
+from activities.repos import RepoActivities
+from activities.secretbox import SecretBox
+from activities.status import StatusActivities
+from activities.store import Store
+from kduflow.config import Settings
+from workflows import KDU_WORKFLOWS
+from workflows.cluster import CLUSTER_WORKFLOWS
+
+log = logging.getLogger(__name__)
+
+
+class KduflowPlugin(SimplePlugin):
+    """Registers kduflow's workflows and activities on a Temporal worker.
+
+    Args:
+        settings: Worker configuration; read from the environment (``Settings.from_env()``) when omitted.
+        store: The MongoDB-compatible store; opened from ``settings`` when omitted. A store passed in
+            is not closed by the plugin.
+    """
+
+    def __init__(self, *, settings: Settings | None = None, store: Store | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._owns_store = store is None
+        self.store = store or Store.open(self.settings)
+        secretbox = SecretBox.from_setting(self.settings.secret_key)
+        self.repos = RepoActivities(self.settings, None, self.store)
+        self.envs = ClusterEnvs(self.settings, self.store, secretbox, on_materialise=self.repos.materialise)
+        self.repos.envs = self.envs
+        self.release = ReleaseActivities(self.settings, self.envs)
+        self.status = StatusActivities(self.settings, self.envs, self.store)
+        self.clusters = ClusterActivities(self.settings, self.envs, self.store)
+        super().__init__(
+            "kduflow.KduflowPlugin",
+            workflows=[*KDU_WORKFLOWS, *CLUSTER_WORKFLOWS],
+            activities=[
+                *activity_methods(self.release),
+                *activity_methods(self.status),
+                *activity_methods(self.repos),
+                *activity_methods(self.clusters),
+            ],
+            run_context=self._run_context,
+        )
+
+    @asynccontextmanager
+    async def _run_context(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self._owns_store:
+                await self.store.close()
+
+
+def activity_methods(instance: object) -> list:
+    """The bound ``@activity.defn`` methods of an activities object, in definition order."""
+    methods = []
+    for name in dir(type(instance)):
+        attr = getattr(type(instance), name)
+        if callable(attr) and hasattr(attr, "__temporal_activity_definition"):
+            methods.append(getattr(instance, name))
+    return methods
