@@ -67,6 +67,7 @@ class KduflowPlugin(SimplePlugin):
         try:
             yield
         finally:
+            await self.status.close()
             if self._owns_store:
                 await self.store.close()
 

@@ -1,0 +1,598 @@
+"""Minimal async Kubernetes REST client, built from a kubeconfig, for cheap status polling.
+
+Why not helm/kubectl: a status poller that spawns a process per release every few seconds is too
+expensive, so ``kdu.status``/``kdu.poll_status`` read the API directly: one keep-alive HTTP(S)
+connection per client, JSON only, GET only.
+
+Two transports share one interface (:class:`KubeApiBase`):
+
+* :class:`KubeApi` speaks HTTP(S) itself (stdlib ``http.client`` on a worker thread; one connection
+  per client, reused, guarded by a lock). It understands the kubeconfig's current context: server,
+  ``certificate-authority(-data)``, ``insecure-skip-tls-verify``, ``tls-server-name``, user ``token``
+  / ``tokenFile``, ``client-certificate(-data)`` + ``client-key(-data)``, ``username``/``password``.
+* :class:`KubectlRawApi` runs ``kubectl get --raw`` per request. It exists for kubeconfigs whose user
+  authenticates through an ``exec`` or ``auth-provider`` plugin (EKS, GKE, OIDC...), which
+  :meth:`KubeApi.from_kubeconfig` refuses with :class:`KubeApiUnsupported`: the caller falls back to
+  it (see ``activities/status.py``), paying a process per request only for such clusters.
+
+Errors are the classes of :mod:`activities.errors` (the activity boundary turns them into
+ApplicationErrors with ``to_application_error``): ``ClusterUnreachable`` (connection refused/reset,
+timeout; retryable), ``ServerError`` (5xx, 429, other unexpected answers; retryable),
+``CredentialsInvalid`` (401, 403, TLS verification failure; not retryable), ``InvalidInput`` (400/422,
+malformed kubeconfig; not retryable). A 404 raises :class:`KubeNotFound`, which callers handle;
+:meth:`KubeApiBase.get_object` turns it into ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import http.client
+import json
+import logging
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from activities import errors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 10.0
+_USER_AGENT = "kduflow-status/0.1"
+
+
+class KubeApiUnsupported(Exception):
+    """The kubeconfig needs something this client does not do (exec/auth-provider plugin, proxy).
+
+    Not a KduflowError: the caller is expected to fall back to :class:`KubectlRawApi`.
+    """
+
+
+class KubeNotFound(Exception):
+    """HTTP 404 from the API server (object, kind or path absent)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"not found: {path}")
+        self.path = path
+
+
+def _error(type_name: str, message: str, *, status: int = 0) -> errors.KduflowError:
+    cls: type[errors.KduflowError] = getattr(errors, type_name)
+    return cls(message, details={"http_status": status} if status else None)
+
+
+def _status_error(status: int, path: str, body: bytes) -> Exception:
+    """Map a non-2xx answer to the error tree (the server's Status message, never the request body)."""
+    message = ""
+    try:
+        parsed = json.loads(body)
+        if isinstance(parsed, dict):
+            message = str(parsed.get("message") or parsed.get("reason") or "")
+    except ValueError:
+        message = body[:200].decode("utf-8", "replace").strip()
+    text = f"Kubernetes API {status} for GET {path.split('?', 1)[0]}" + (
+        f": {message[:300]}" if message else ""
+    )
+    if status == 404:
+        return KubeNotFound(path)
+    if status in (401, 403):
+        return _error("CredentialsInvalid", text, status=status)
+    if status >= 500 or status == 429:
+        return _error("ServerError", text, status=status)
+    if status in (400, 422):
+        return _error("InvalidInput", text, status=status)
+    return _error("ServerError", text, status=status)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kind -> (plural, namespaced) for built-in kinds, keyed by API group (scope and plural never
+# change between versions). Anything else goes through discovery, cached per client.
+# ------------------------------------------------------------------------------------------------
+_BUILTIN: dict[tuple[str, str], tuple[str, bool]] = {
+    ("", "Pod"): ("pods", True),
+    ("", "Service"): ("services", True),
+    ("", "ServiceAccount"): ("serviceaccounts", True),
+    ("", "ConfigMap"): ("configmaps", True),
+    ("", "Secret"): ("secrets", True),
+    ("", "PersistentVolumeClaim"): ("persistentvolumeclaims", True),
+    ("", "PersistentVolume"): ("persistentvolumes", False),
+    ("", "Namespace"): ("namespaces", False),
+    ("", "Node"): ("nodes", False),
+    ("", "Endpoints"): ("endpoints", True),
+    ("", "Event"): ("events", True),
+    ("", "LimitRange"): ("limitranges", True),
+    ("", "ResourceQuota"): ("resourcequotas", True),
+    ("", "ReplicationController"): ("replicationcontrollers", True),
+    ("apps", "Deployment"): ("deployments", True),
+    ("apps", "StatefulSet"): ("statefulsets", True),
+    ("apps", "DaemonSet"): ("daemonsets", True),
+    ("apps", "ReplicaSet"): ("replicasets", True),
+    ("apps", "ControllerRevision"): ("controllerrevisions", True),
+    ("batch", "Job"): ("jobs", True),
+    ("batch", "CronJob"): ("cronjobs", True),
+    ("autoscaling", "HorizontalPodAutoscaler"): ("horizontalpodautoscalers", True),
+    ("networking.k8s.io", "Ingress"): ("ingresses", True),
+    ("networking.k8s.io", "NetworkPolicy"): ("networkpolicies", True),
+    ("networking.k8s.io", "IngressClass"): ("ingressclasses", False),
+    ("policy", "PodDisruptionBudget"): ("poddisruptionbudgets", True),
+    ("rbac.authorization.k8s.io", "Role"): ("roles", True),
+    ("rbac.authorization.k8s.io", "RoleBinding"): ("rolebindings", True),
+    ("rbac.authorization.k8s.io", "ClusterRole"): ("clusterroles", False),
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"): ("clusterrolebindings", False),
+    ("storage.k8s.io", "StorageClass"): ("storageclasses", False),
+    ("apiextensions.k8s.io", "CustomResourceDefinition"): ("customresourcedefinitions", False),
+    ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"): (
+        "validatingwebhookconfigurations",
+        False,
+    ),
+    ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"): (
+        "mutatingwebhookconfigurations",
+        False,
+    ),
+    ("scheduling.k8s.io", "PriorityClass"): ("priorityclasses", False),
+}
+
+
+def split_api_version(api_version: str) -> tuple[str, str]:
+    """``"apps/v1"`` -> ``("apps", "v1")``; ``"v1"`` -> ``("", "v1")``."""
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+def api_prefix(api_version: str) -> str:
+    group, version = split_api_version(api_version)
+    return f"/api/{version}" if not group else f"/apis/{group}/{version}"
+
+
+def resource_path(api_version: str, plural: str, namespace: str | None, name: str | None = None) -> str:
+    """REST path of a collection (``name`` None) or object; ``namespace`` None/"" = cluster scope."""
+    path = api_prefix(api_version)
+    if namespace:
+        path += f"/namespaces/{urllib.parse.quote(namespace, safe='')}"
+    path += f"/{plural}"
+    if name is not None:
+        path += f"/{urllib.parse.quote(name, safe='')}"
+    return path
+
+
+class KubeApiBase:
+    """Transport-independent part: JSON decoding, paths, discovery cache, request counting."""
+
+    def __init__(self, namespace: str = "default") -> None:
+        #: The kubeconfig context's namespace ("default" when it has none).
+        self.namespace = namespace or "default"
+        #: Number of requests sent so far (tests and benchmarks read it).
+        self.requests = 0
+        #: The last request paths, newest last (bounded; for tests and debugging).
+        self.request_log: collections.deque[str] = collections.deque(maxlen=200)
+        self._discovery: dict[str, dict[str, tuple[str, bool]]] = {}
+
+    async def _get_raw(self, path_qs: str) -> tuple[int, bytes]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """GET ``path`` (with query ``params``) and decode the JSON object.
+
+        Raises KubeNotFound on 404, a KduflowError otherwise (see the module docstring).
+        """
+        path_qs = path + ("?" + urllib.parse.urlencode(dict(params)) if params else "")
+        self.requests += 1
+        self.request_log.append(path_qs)
+        status, body = await self._get_raw(path_qs)
+        if not 200 <= status < 300:
+            raise _status_error(status, path_qs, body)
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise _error("ServerError", f"Kubernetes API sent invalid JSON for {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise _error("ServerError", f"Kubernetes API sent a non-object for {path}")
+        return data
+
+    async def version(self) -> dict[str, Any]:
+        """``GET /version`` (gitVersion, major, minor, ...)."""
+        return await self.get("/version")
+
+    async def list(
+        self,
+        group_version: str,
+        plural: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Items of a collection, each with ``apiVersion`` and ``kind`` filled in.
+
+        ``namespace`` None lists across all namespaces (or a cluster-scoped kind). A kind the
+        server does not serve raises KubeNotFound.
+        """
+        params: dict[str, str] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        data = await self.get(resource_path(group_version, plural, namespace), params or None)
+        # The server leaves kind/apiVersion out of list items; put them back so readiness rules
+        # and callers see complete objects.
+        list_kind = str(data.get("kind") or "")
+        item_kind = list_kind[: -len("List")] if list_kind.endswith("List") else ""
+        items = []
+        for item in data.get("items") or []:
+            if isinstance(item, dict):
+                item.setdefault("apiVersion", data.get("apiVersion") or group_version)
+                if item_kind:
+                    item.setdefault("kind", item_kind)
+                items.append(item)
+        return items
+
+    async def resource_for(self, api_version: str, kind: str) -> tuple[str, bool] | None:
+        """``(plural, namespaced)`` for a kind, or None when the server does not serve it.
+
+        Built-in kinds need no request; others cost one discovery GET per group-version per client.
+        """
+        group, _version = split_api_version(api_version)
+        builtin = _BUILTIN.get((group, kind))
+        if builtin is not None:
+            return builtin
+        known = self._discovery.get(api_version)
+        if known is None:
+            try:
+                data = await self.get(api_prefix(api_version))
+            except KubeNotFound:
+                data = {}
+            known = {}
+            for res in data.get("resources") or []:
+                name = str(res.get("name") or "")
+                if res.get("kind") and name and "/" not in name:
+                    known[str(res["kind"])] = (name, bool(res.get("namespaced")))
+            self._discovery[api_version] = known
+        return known.get(kind)
+
+    async def get_object(
+        self, api_version: str, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        """One object, or None if it (or its kind) does not exist. ``namespace`` is ignored for
+        cluster-scoped kinds."""
+        resource = await self.resource_for(api_version, kind)
+        if resource is None:
+            return None
+        plural, namespaced = resource
+        try:
+            obj = await self.get(resource_path(api_version, plural, namespace if namespaced else None, name))
+        except KubeNotFound:
+            return None
+        obj.setdefault("apiVersion", api_version)
+        obj.setdefault("kind", kind)
+        return obj
+
+
+# ------------------------------------------------------------------------------------------------
+# kubeconfig -> connection parameters
+# ------------------------------------------------------------------------------------------------
+
+
+def load_kubeconfig(
+    kubeconfig: Mapping[str, Any] | str | os.PathLike[str],
+) -> tuple[dict[str, Any], Path | None]:
+    """The kubeconfig as a dict, and the directory relative file paths are resolved against."""
+    if isinstance(kubeconfig, Mapping):
+        return dict(kubeconfig), None
+    path = Path(kubeconfig)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise _error("InvalidInput", f"cannot read kubeconfig {path}: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise _error("InvalidInput", f"kubeconfig {path} is not a mapping")
+    return data, path.parent
+
+
+def _named(entries: Any, name: str, what: str) -> dict[str, Any]:
+    for entry in entries or []:
+        if isinstance(entry, Mapping) and entry.get("name") == name:
+            return dict(entry.get(what) or {})
+    raise _error("InvalidInput", f"kubeconfig has no {what} named {name!r}")
+
+
+def _b64(data: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=False)
+    except (ValueError, TypeError):
+        raise _error("InvalidInput", f"kubeconfig {field} is not valid base64") from None
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS with a separate TLS server name (kubeconfig ``tls-server-name``)."""
+
+    def __init__(
+        self, host: str, port: int | None, *, context: ssl.SSLContext, timeout: float, server_name: str | None
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._server_name = server_name
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name or self.host)  # type: ignore[attr-defined]
+
+
+class KubeApi(KubeApiBase):
+    """HTTP(S) transport: one keep-alive connection, requests serialised by a lock, run on a thread."""
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        namespace: str = "default",
+        tls_server_name: str | None = None,
+    ) -> None:
+        super().__init__(namespace)
+        url = urllib.parse.urlsplit(server)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise _error(
+                "InvalidInput",
+                f"kubeconfig cluster server {server!r} is not an http(s) URL",
+            )
+        self.server = server
+        self._scheme = url.scheme
+        self._host = url.hostname
+        self._port = url.port
+        self._base_path = url.path.rstrip("/")
+        self._ssl = ssl_context
+        self._tls_server_name = tls_server_name
+        self._headers = {"Accept": "application/json", "User-Agent": _USER_AGENT, **(headers or {})}
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+        self._async_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_kubeconfig(
+        cls,
+        kubeconfig: Mapping[str, Any] | str | os.PathLike[str],
+        *,
+        context: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> KubeApi:
+        """Build a client for the kubeconfig's current (or named) context.
+
+        Raises KubeApiUnsupported for exec/auth-provider users and proxies (fall back to
+        KubectlRawApi), errors.InvalidInput for a malformed kubeconfig.
+        Client certificate/key data are written to a private 0700 temporary directory only long
+        enough for ``ssl.load_cert_chain`` and removed right after.
+        """
+        config, base_dir = load_kubeconfig(kubeconfig)
+
+        def resolve(file: str) -> str:
+            path = Path(os.path.expanduser(file))
+            return str(path if path.is_absolute() or base_dir is None else base_dir / path)
+
+        ctx_name = context or config.get("current-context")
+        if not ctx_name:
+            raise _error("InvalidInput", "kubeconfig has no current-context")
+        ctx = _named(config.get("contexts"), str(ctx_name), "context")
+        cluster = _named(config.get("clusters"), str(ctx.get("cluster")), "cluster")
+        user = _named(config.get("users"), str(ctx.get("user")), "user") if ctx.get("user") else {}
+        if user.get("exec") or user.get("auth-provider"):
+            raise KubeApiUnsupported("kubeconfig user authenticates through an exec/auth-provider plugin")
+        if cluster.get("proxy-url"):
+            raise KubeApiUnsupported("kubeconfig cluster uses a proxy-url")
+        server = str(cluster.get("server") or "")
+        headers: dict[str, str] = {}
+        token = user.get("token")
+        if not token and user.get("tokenFile"):
+            try:
+                token = Path(resolve(str(user["tokenFile"]))).read_text().strip()
+            except OSError as exc:
+                raise _error("InvalidInput", f"kubeconfig tokenFile unreadable: {exc.strerror}") from None
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        elif user.get("username") is not None and user.get("password") is not None:
+            basic = base64.b64encode(f"{user['username']}:{user['password']}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+
+        ssl_context: ssl.SSLContext | None = None
+        if server.startswith("https:"):
+            ssl_context = ssl.create_default_context()
+            if cluster.get("insecure-skip-tls-verify"):
+                ssl_context.check_hostname = False
+                ssl_context.verify_mode = ssl.CERT_NONE
+            elif cluster.get("certificate-authority-data"):
+                pem = _b64(str(cluster["certificate-authority-data"]), "certificate-authority-data")
+                try:
+                    ssl_context.load_verify_locations(cadata=pem.decode())
+                except (ssl.SSLError, UnicodeDecodeError):
+                    raise _error(
+                        "InvalidInput",
+                        "kubeconfig certificate-authority-data is not a PEM certificate",
+                    ) from None
+            elif cluster.get("certificate-authority"):
+                try:
+                    ssl_context.load_verify_locations(cafile=resolve(str(cluster["certificate-authority"])))
+                except (OSError, ssl.SSLError):
+                    raise _error("InvalidInput", "kubeconfig certificate-authority file unreadable") from None
+            _load_client_cert(ssl_context, user, resolve)
+        return cls(
+            server,
+            ssl_context=ssl_context,
+            headers=headers,
+            timeout=timeout,
+            namespace=str(ctx.get("namespace") or "default"),
+            tls_server_name=cluster.get("tls-server-name"),
+        )
+
+    def _new_conn(self) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return _HTTPSConnection(
+                self._host,
+                self._port,
+                context=self._ssl or ssl.create_default_context(),
+                timeout=self._timeout,
+                server_name=self._tls_server_name,
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _request_sync(self, path_qs: str) -> tuple[int, bytes]:
+        with self._lock:
+            try:
+                if self._closed:
+                    raise _error("ClusterUnreachable", "Kubernetes API client is closed")
+                for attempt in range(2):
+                    reused = self._conn is not None
+                    if self._conn is None:
+                        self._conn = self._new_conn()
+                    try:
+                        self._conn.request("GET", self._base_path + path_qs, headers=self._headers)
+                        resp = self._conn.getresponse()
+                        body = resp.read()
+                    except ssl.SSLCertVerificationError as exc:
+                        self._drop_conn()
+                        raise _error(
+                            "CredentialsInvalid",
+                            f"TLS verification of {self.server} failed: {exc.verify_message}",
+                        ) from None
+                    except (
+                        http.client.RemoteDisconnected,
+                        ConnectionResetError,
+                        BrokenPipeError,
+                        http.client.BadStatusLine,
+                    ) as exc:
+                        self._drop_conn()
+                        # A kept-alive connection the server closed while idle: GET is safe to resend once.
+                        if reused and attempt == 0:
+                            continue
+                        raise _error(
+                            "ClusterUnreachable",
+                            f"Kubernetes API {self.server}: {type(exc).__name__}",
+                        ) from None
+                    except (OSError, http.client.HTTPException) as exc:
+                        self._drop_conn()
+                        what = "timed out" if isinstance(exc, socket.timeout | TimeoutError) else str(exc)
+                        raise _error(
+                            "ClusterUnreachable",
+                            f"Kubernetes API {self.server} unreachable: {what}",
+                        ) from None
+                    if resp.will_close:
+                        self._drop_conn()
+                    return resp.status, body
+                raise AssertionError("unreachable")  # pragma: no cover
+            finally:
+                # close() during a request (a cancelled poll) leaves the closing to the request thread.
+                if self._closed:
+                    self._drop_conn()
+
+    async def _get_raw(self, path_qs: str) -> tuple[int, bytes]:
+        # Queue here rather than on the thread lock, so concurrent callers of one client do not
+        # each hold a worker thread of the default executor while waiting for the connection.
+        async with self._async_lock:
+            return await asyncio.to_thread(self._request_sync, path_qs)
+
+    async def close(self) -> None:
+        self._closed = True
+        # Never block the event loop: if a request thread holds the lock, it drops the connection.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._drop_conn()
+            finally:
+                self._lock.release()
+
+
+def _load_client_cert(ctx: ssl.SSLContext, user: Mapping[str, Any], resolve: Any) -> None:
+    cert_data, key_data = user.get("client-certificate-data"), user.get("client-key-data")
+    cert_file, key_file = user.get("client-certificate"), user.get("client-key")
+    if not (cert_data or cert_file):
+        return
+    if not (key_data or key_file):
+        raise _error("InvalidInput", "kubeconfig has a client certificate but no client key")
+    tmp = tempfile.mkdtemp(prefix="kduflow-kube-")  # mkdtemp creates it 0700
+    try:
+        if cert_data:
+            cert_file = os.path.join(tmp, "client.crt")
+            _write_private(cert_file, _b64(str(cert_data), "client-certificate-data"))
+        else:
+            cert_file = resolve(str(cert_file))
+        if key_data:
+            key_file = os.path.join(tmp, "client.key")
+            _write_private(key_file, _b64(str(key_data), "client-key-data"))
+        else:
+            key_file = resolve(str(key_file))
+        try:
+            ctx.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError):
+            raise _error("InvalidInput", "kubeconfig client certificate/key cannot be loaded") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_private(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+class KubectlRawApi(KubeApiBase):
+    """Fallback transport: ``kubectl get --raw PATH`` per request, for exec/auth-provider kubeconfigs.
+
+    ``env`` is the whole process environment (the cluster env: KUBECONFIG, HOME, PATH...); the
+    kubeconfig never appears on argv. Costs a process per request, so only used when
+    :meth:`KubeApi.from_kubeconfig` raised KubeApiUnsupported.
+    """
+
+    def __init__(
+        self, kubectl: str, env: Mapping[str, str], *, timeout: float = 30.0, namespace: str = "default"
+    ) -> None:
+        super().__init__(namespace)
+        self._kubectl = kubectl
+        self._env = dict(env)
+        self._timeout = timeout
+
+    async def _get_raw(self, path_qs: str) -> tuple[int, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            self._kubectl,
+            "get",
+            "--raw",
+            path_qs,
+            f"--request-timeout={int(self._timeout)}s",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._env,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self._timeout + 5)
+        except TimeoutError:
+            raise _error("ClusterUnreachable", "kubectl get --raw timed out") from None
+        finally:
+            # Cancelled or timed out: never leave the kubectl child behind.
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if proc.returncode == 0:
+            return 200, out
+        text = err.decode("utf-8", "replace")
+        if "(NotFound)" in text:
+            return 404, json.dumps({"message": errors.short_message(text)}).encode()
+        # kubectl's messages are helm's (same client-go): the shared classifier knows them.
+        raise errors.classify_helm_stderr(text, proc.returncode, context="kubectl get --raw")

@@ -1,0 +1,299 @@
+"""activities/kubeapi.py against a canned local API server (HTTP and TLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from activities import errors
+from activities.kubeapi import (
+    KubeApi,
+    KubeApiUnsupported,
+    KubectlRawApi,
+    KubeNotFound,
+    resource_path,
+)
+from tests.support.status import FakeKube, make_pki, tls_fake_kube
+
+DEPLOY = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "web", "namespace": "ns1", "labels": {"app": "web"}},
+    "spec": {"replicas": 1},
+}
+SVC = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "web", "namespace": "ns1"},
+    "spec": {"clusterIP": "10.0.0.1"},
+}
+WIDGET = {
+    "apiVersion": "example.com/v1alpha1",
+    "kind": "Widget",
+    "metadata": {"name": "w1", "namespace": "ns1"},
+}
+CLUSTER_ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRole",
+    "metadata": {"name": "reader"},
+}
+
+
+@pytest.fixture
+def fake() -> Any:
+    with FakeKube(token="s3cr3t-token") as server:
+        server.add(DEPLOY, SVC, WIDGET, CLUSTER_ROLE)
+        server.custom["example.com/v1alpha1"] = [("Widget", "widgets", True)]
+        yield server
+
+
+def test_resource_path() -> None:
+    assert resource_path("v1", "pods", "ns1") == "/api/v1/namespaces/ns1/pods"
+    assert (
+        resource_path("apps/v1", "deployments", "ns1", "web")
+        == "/apis/apps/v1/namespaces/ns1/deployments/web"
+    )
+    assert resource_path("rbac.authorization.k8s.io/v1", "clusterroles", None, "r") == (
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/r"
+    )
+
+
+async def test_get_list_get_object_over_one_connection(fake: FakeKube) -> None:
+    api = KubeApi.from_kubeconfig(fake.kubeconfig())
+    try:
+        assert api.namespace == "ns1"
+        assert (await api.version())["gitVersion"] == "v1.31.0"
+        deploys = await api.list("apps/v1", "deployments", "ns1")
+        assert [(d["kind"], d["apiVersion"], d["metadata"]["name"]) for d in deploys] == [
+            ("Deployment", "apps/v1", "web")
+        ]
+        assert await api.list("apps/v1", "deployments", "ns1", label_selector="app=other") == []
+        obj = await api.get_object("v1", "Service", "ns1", "web")
+        assert obj is not None and obj["spec"]["clusterIP"] == "10.0.0.1"
+        assert await api.get_object("v1", "Service", "ns1", "nope") is None
+        # Cluster-scoped kinds ignore the namespace.
+        role = await api.get_object("rbac.authorization.k8s.io/v1", "ClusterRole", "ns1", "reader")
+        assert role is not None and role["metadata"]["name"] == "reader"
+        with pytest.raises(KubeNotFound):
+            await api.get("/api/v1/namespaces/ns1/services/nope")
+    finally:
+        await api.close()
+    assert api.requests == len(fake.paths) == 7
+    assert fake.auth_headers[0] == "Bearer s3cr3t-token"
+    # keep-alive: every request went over the same connection
+    assert fake.connections == 1
+
+
+async def test_discovery_is_cached_per_client(fake: FakeKube) -> None:
+    api = KubeApi.from_kubeconfig(fake.kubeconfig())
+    try:
+        first = await api.get_object("example.com/v1alpha1", "Widget", "ns1", "w1")
+        second = await api.get_object("example.com/v1alpha1", "Widget", "ns1", "w1")
+        assert first is not None and second is not None and first["kind"] == "Widget"
+        assert await api.get_object("example.com/v1alpha1", "Gadget", "ns1", "g") is None
+        assert await api.resource_for("nothere.io/v1", "Thing") is None
+    finally:
+        await api.close()
+    assert fake.paths.count("/apis/example.com/v1alpha1") == 1
+    assert fake.paths.count("/apis/nothere.io/v1") == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "err_type", "retryable"),
+    [
+        pytest.param(401, errors.CredentialsInvalid, False, id="401"),
+        pytest.param(403, errors.CredentialsInvalid, False, id="403"),
+        pytest.param(500, errors.ServerError, True, id="500"),
+        pytest.param(429, errors.ServerError, True, id="429"),
+        pytest.param(400, errors.InvalidInput, False, id="400"),
+    ],
+)
+async def test_status_codes_map_to_error_tree(
+    fake: FakeKube, code: int, err_type: type, retryable: bool
+) -> None:
+    api = KubeApi.from_kubeconfig(fake.kubeconfig())
+    fake.fail_next.append(code)
+    try:
+        with pytest.raises(err_type) as info:
+            await api.list("apps/v1", "deployments", "ns1")
+        assert info.value.retryable is retryable
+        assert str(code) in str(info.value)
+        # The connection is still usable afterwards.
+        assert len(await api.list("apps/v1", "deployments", "ns1")) == 1
+    finally:
+        await api.close()
+
+
+async def test_wrong_token_is_credentials_invalid(fake: FakeKube) -> None:
+    api = KubeApi.from_kubeconfig(fake.kubeconfig(token="wrong"))
+    try:
+        with pytest.raises(errors.CredentialsInvalid):
+            await api.version()
+    finally:
+        await api.close()
+
+
+async def test_unreachable_server_is_retryable() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = KubeApi(f"http://127.0.0.1:{port}", timeout=2)
+    with pytest.raises(errors.ClusterUnreachable) as info:
+        await api.version()
+    assert info.value.retryable
+    await api.close()
+
+
+async def test_server_closing_idle_connection_is_retried_once(fake: FakeKube) -> None:
+    api = KubeApi.from_kubeconfig(fake.kubeconfig())
+    try:
+        await api.version()
+        # Simulate the server dropping the idle keep-alive connection.
+        assert api._conn is not None and api._conn.sock is not None
+        api._conn.sock.shutdown(socket.SHUT_RDWR)
+        assert (await api.version())["major"] == "1"
+    finally:
+        await api.close()
+    assert fake.connections == 2
+
+
+async def test_basic_auth_and_token_file(fake: FakeKube, tmp_path: Path) -> None:
+    fake.token = None
+    api = KubeApi.from_kubeconfig(fake.kubeconfig(username="admin", password="pw"))
+    await api.version()
+    await api.close()
+    assert fake.auth_headers[-1] == "Basic " + base64.b64encode(b"admin:pw").decode()
+    (tmp_path / "token").write_text("file-token\n")
+    config = fake.kubeconfig(tokenFile="token")
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump(config))
+    api = KubeApi.from_kubeconfig(path)  # relative tokenFile resolves against the kubeconfig's dir
+    await api.version()
+    await api.close()
+    assert fake.auth_headers[-1] == "Bearer file-token"
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        pytest.param({"exec": {"command": "aws", "args": ["eks", "get-token"]}}, id="exec"),
+        pytest.param({"auth-provider": {"name": "oidc"}}, id="auth-provider"),
+    ],
+)
+def test_plugins_are_unsupported(fake: FakeKube, user: dict[str, Any]) -> None:
+    with pytest.raises(KubeApiUnsupported):
+        KubeApi.from_kubeconfig(fake.kubeconfig(**user))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        pytest.param(lambda c: c.pop("current-context"), "current-context", id="no-context"),
+        pytest.param(lambda c: c.update({"current-context": "other"}), "'other'", id="unknown-context"),
+        pytest.param(
+            lambda c: c["clusters"][0]["cluster"].update(server="ftp://x"), "http(s)", id="bad-server"
+        ),
+    ],
+)
+def test_malformed_kubeconfig_is_invalid_input(fake: FakeKube, mutate: Any, needle: str) -> None:
+    config = fake.kubeconfig()
+    mutate(config)
+    with pytest.raises(errors.InvalidInput) as info:
+        KubeApi.from_kubeconfig(config)
+    assert needle in str(info.value)
+    assert "s3cr3t" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def test_tls_with_ca_data_and_client_cert_data(pki: Any) -> None:
+    with tls_fake_kube(pki, require_client_cert=True) as fake:
+        fake.add(SVC)
+        config = fake.kubeconfig(
+            **{
+                "client-certificate-data": base64.b64encode(pki.client_cert_pem).decode(),
+                "client-key-data": base64.b64encode(pki.client_key_pem).decode(),
+            }
+        )
+        cluster = config["clusters"][0]["cluster"]
+        del cluster["insecure-skip-tls-verify"]
+        cluster["certificate-authority-data"] = base64.b64encode(pki.ca_pem).decode()
+        before = set(os.listdir("/tmp"))
+        api = KubeApi.from_kubeconfig(config)
+        # The key material written for ssl.load_cert_chain is gone again.
+        assert not {n for n in set(os.listdir("/tmp")) - before if n.startswith("kduflow-kube-")}
+        try:
+            assert (await api.get_object("v1", "Service", "ns1", "web")) is not None
+        finally:
+            await api.close()
+
+
+async def test_tls_files_and_server_name(pki: Any, tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_bytes(pki.ca_pem)
+    (tmp_path / "client.crt").write_bytes(pki.client_cert_pem)
+    (tmp_path / "client.key").write_bytes(pki.client_key_pem)
+    with tls_fake_kube(pki, require_client_cert=True) as fake:
+        config = fake.kubeconfig(**{"client-certificate": "client.crt", "client-key": "client.key"})
+        cluster = config["clusters"][0]["cluster"]
+        del cluster["insecure-skip-tls-verify"]
+        cluster["certificate-authority"] = "ca.crt"
+        cluster["tls-server-name"] = "kube.test"
+        (tmp_path / "config").write_text(yaml.safe_dump(config))
+        api = KubeApi.from_kubeconfig(tmp_path / "config")
+        try:
+            assert (await api.version())["major"] == "1"
+        finally:
+            await api.close()
+
+
+async def test_tls_unknown_ca_is_credentials_invalid(pki: Any) -> None:
+    with tls_fake_kube(pki, require_client_cert=False) as fake:
+        config = fake.kubeconfig(token="t")
+        del config["clusters"][0]["cluster"]["insecure-skip-tls-verify"]
+        api = KubeApi.from_kubeconfig(config)  # system CAs only: the test CA is unknown
+        try:
+            with pytest.raises(errors.CredentialsInvalid) as info:
+                await api.version()
+            assert not info.value.retryable
+        finally:
+            await api.close()
+
+
+async def test_close_during_request_does_not_block(fake: FakeKube) -> None:
+    api = KubeApi.from_kubeconfig(fake.kubeconfig())
+    task = asyncio.create_task(api.version())
+    await asyncio.sleep(0)
+    await api.close()
+    # The in-flight request either completed or was refused; the client is closed afterwards.
+    try:
+        await task
+    except errors.ClusterUnreachable:
+        pass
+    with pytest.raises(errors.ClusterUnreachable):
+        await api.version()
+
+
+async def test_kubectl_raw_fallback(fake: FakeKube, helm3: Any, tmp_path: Path) -> None:
+    """The exec-plugin fallback transport, driven by the real kubectl against the fake server."""
+    fake.token = None  # client-go never sends a bearer token over plain http
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump(fake.kubeconfig()))
+    env = {"KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    api = KubectlRawApi(str(helm3.kubectl), env)
+    deploys = await api.list("apps/v1", "deployments", "ns1", label_selector="app=web")
+    assert [d["metadata"]["name"] for d in deploys] == ["web"]
+    assert await api.get_object("v1", "Service", "ns1", "nope") is None
+    assert any("labelSelector=app%3Dweb" in p for p in fake.paths)
+    fake.fail_next.append(403)
+    with pytest.raises(errors.CredentialsInvalid):
+        await api.version()
