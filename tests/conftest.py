@@ -16,6 +16,9 @@ import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Chart repository fixtures (chart_repo_factory, chart_repo_server) for every test module.
+pytest_plugins = ["tests.support.charts"]
 TOOLS = ROOT / "tools"
 
 

@@ -1,0 +1,377 @@
+"""Cluster activities: verify, credentials, namespace, OSM state, reset helpers, SyncRepos schedule.
+
+N2VC's ``init_env``/``reset`` (reference A.2, A.3) split into idempotent steps the ``InitCluster`` and
+``ResetCluster`` workflows sequence. Kubeconfigs are stored through ``ClusterEnvs.store_credentials``
+(encrypted at rest when ``KDUFLOW_SECRET_KEY`` is set) and never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import timedelta
+
+from temporalio import activity
+from temporalio.client import (
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities import helm_cli
+from activities.cluster_env import CLUSTERS_COLLECTION, ClusterEnv, ClusterEnvs, validate_cluster_uuid
+from activities.errors import (
+    ClusterUnreachable,
+    CredentialsInvalid,
+    InvalidInput,
+    KduflowError,
+    classify_helm_stderr,
+    to_application_error,
+)
+from activities.runner import Runner
+from activities.store import Store
+from kduflow.config import Settings
+from workflows.cluster_models import (
+    CLUSTER_ACTIVITY_NAMES,
+    HELM_V3_ADMIN_KEY,
+    ClusterRef,
+    EnsureNamespaceInput,
+    EnsureNamespaceResult,
+    RecordStateInput,
+    ScheduleInput,
+    ScheduleResult,
+    StoreCredentialsInput,
+    SyncReposInput,
+    UninstallAllInput,
+    UninstallAllResult,
+    VerifyClusterResult,
+    schedule_id_for,
+)
+
+log = logging.getLogger(__name__)
+
+#: Default seconds between two SyncRepos runs of a cluster's schedule.
+DEFAULT_SYNC_INTERVAL_S = 600
+MIN_SYNC_INTERVAL_S = 10
+KUBECTL_TIMEOUT = 60.0
+#: kubectl's own per-request timeout, so an unreachable server fails fast and is retried by Temporal.
+REQUEST_TIMEOUT = "15s"
+_STATES = {"ENABLED", "ERROR", "DISABLED"}
+# kubectl's messages for a kubeconfig it cannot use at all (never fixed by a retry).
+_BAD_KUBECONFIG = re.compile(
+    r"error loading config file|invalid configuration|no configuration has been provided|"
+    r"couldn't get current server API group list: .*(unauthorized|forbidden)|context was not found|"
+    r"unable to load root certificates|failed to parse|illegal base64",
+    re.IGNORECASE,
+)
+# kubectl's own wording ("The connection to the server h:p was refused - did you specify ...").
+_KUBECTL_UNREACHABLE = re.compile(
+    r"unable to connect to the server|connection to the server \S+ was refused|timed out waiting|"
+    r"context deadline exceeded|Client\.Timeout exceeded",
+    re.IGNORECASE,
+)
+_NS_NOT_FOUND = re.compile(r"NotFound|not found", re.IGNORECASE)
+_ALREADY_EXISTS = re.compile(r"AlreadyExists|already exists", re.IGNORECASE)
+SYNC_REPOS_WORKFLOW = "SyncRepos"
+
+
+def build_server_version_argv(kubectl: str) -> list[str]:
+    """``kubectl version -o json`` (client and server) with a bounded request timeout."""
+    return [kubectl, "version", "--output", "json", f"--request-timeout={REQUEST_TIMEOUT}"]
+
+
+def parse_server_version(stdout: bytes | str) -> tuple[str, str]:
+    """``(gitVersion, platform)`` of ``serverVersion`` in ``kubectl version -o json``; ("", "") if absent."""
+    text = stdout.decode("utf-8", "replace") if isinstance(stdout, bytes) else stdout
+    start = text.find("{")
+    try:
+        doc = json.loads(text[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        return "", ""
+    server = (doc or {}).get("serverVersion") or {}
+    return str(server.get("gitVersion") or ""), str(server.get("platform") or "")
+
+
+def build_get_namespace_argv(kubectl: str, namespace: str) -> list[str]:
+    return [
+        kubectl,
+        "get",
+        "namespace",
+        helm_cli.check_namespace(namespace),
+        "--output",
+        "name",
+        f"--request-timeout={REQUEST_TIMEOUT}",
+    ]
+
+
+def classify_kubectl_failure(stderr: bytes | str, returncode: int, context: str) -> KduflowError:
+    """A failed kubectl call as an error of the tree; unusable kubeconfigs are CredentialsInvalid."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    if _BAD_KUBECONFIG.search(text):
+        err = classify_helm_stderr(text, returncode, context=context)
+        return CredentialsInvalid(err.message, details=err.details)
+    err = classify_helm_stderr(text, returncode, context=context)
+    if err.type_name == "HelmError" and _KUBECTL_UNREACHABLE.search(text):
+        return ClusterUnreachable(err.message, details=err.details)
+    return err
+
+
+class ClusterActivities:
+    """The ``cluster.*`` activities, built as ``ClusterActivities(settings, envs, store, runner=None)``.
+
+    ``sync_interval_s`` is the default SyncRepos schedule interval (``settings.repo_sync_interval`` when
+    the settings carry one).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        envs: ClusterEnvs,
+        store: Store,
+        runner: Runner | None = None,
+        *,
+        sync_interval_s: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.envs = envs
+        self.store = store
+        self.runner = runner or Runner()
+        configured = getattr(settings, "repo_sync_interval", None)
+        self.sync_interval_s = int(sync_interval_s or configured or DEFAULT_SYNC_INTERVAL_S)
+
+    async def _env(self, cluster_uuid: str) -> ClusterEnv:
+        validate_cluster_uuid(cluster_uuid)
+        return await self.envs.get(cluster_uuid)
+
+    async def _helm_version(self, env: ClusterEnv) -> helm_cli.HelmVersion:
+        result = await self.runner.run(
+            helm_cli.build_version_argv(self.settings.helm), env=env.env, timeout=KUBECTL_TIMEOUT
+        )
+        try:
+            return helm_cli.HelmVersion.parse(result.stdout)
+        except KduflowError as err:
+            raise to_application_error(err) from None
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["store_credentials"])
+    async def store_credentials(self, inp: StoreCredentialsInput) -> None:
+        """Validate the kubeconfig and store it in ``k8sclusters.{_id}.credentials`` (encrypted when a key is
+        configured), with ``namespace`` when given. Idempotent.
+
+        Raises ``InvalidInput`` (bad id/namespace), ``CredentialsInvalid`` (malformed kubeconfig):
+        both non-retryable.
+        """
+        validate_cluster_uuid(inp.cluster_uuid)
+        if not isinstance(inp.k8s_creds, str) or not inp.k8s_creds.strip():
+            raise to_application_error(InvalidInput("k8s_creds: empty kubeconfig"))
+        await self.envs.store_credentials(inp.cluster_uuid, inp.k8s_creds)
+        if inp.namespace:
+            try:
+                helm_cli.check_namespace(inp.namespace)
+            except KduflowError as err:
+                raise to_application_error(err) from None
+            await self.store.update_one(
+                CLUSTERS_COLLECTION, {"_id": inp.cluster_uuid}, {"$set": {"namespace": inp.namespace}}
+            )
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["verify"])
+    async def verify(self, ref: ClusterRef) -> VerifyClusterResult:
+        """Ask the API server its version with the stored credentials.
+
+        Raises ``ClusterNotFound``/``CredentialsInvalid`` (no or unusable kubeconfig, 401/403, bad
+        certificate) non-retryable; ``ClusterUnreachable``/``ServerError`` retryable.
+        """
+        env = await self._env(ref.cluster_uuid)
+        result = await self.runner.run(
+            build_server_version_argv(self.settings.kubectl), env=env.env, timeout=KUBECTL_TIMEOUT
+        )
+        version, platform = parse_server_version(result.stdout)
+        if result.returncode != 0 or not version:
+            stderr = result.stderr or b"no server version in kubectl's output"
+            raise to_application_error(
+                classify_kubectl_failure(stderr, result.returncode, f"cluster {ref.cluster_uuid}")
+            )
+        return VerifyClusterResult(server_version=version, platform=platform)
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["ensure_namespace"])
+    async def ensure_namespace(self, inp: EnsureNamespaceInput) -> EnsureNamespaceResult:
+        """Create ``namespace`` unless it exists (``kube-system`` is never created). Idempotent."""
+        try:
+            helm_cli.check_namespace(inp.namespace)
+        except KduflowError as err:
+            raise to_application_error(err) from None
+        if inp.namespace == "kube-system":
+            return EnsureNamespaceResult(namespace=inp.namespace, created=False)
+        env = await self._env(inp.cluster_uuid)
+        got = await self.runner.run(
+            build_get_namespace_argv(self.settings.kubectl, inp.namespace),
+            env=env.env,
+            timeout=KUBECTL_TIMEOUT,
+        )
+        if got.returncode == 0:
+            return EnsureNamespaceResult(namespace=inp.namespace, created=False)
+        if not _NS_NOT_FOUND.search(got.stderr.decode("utf-8", "replace")):
+            raise to_application_error(
+                classify_kubectl_failure(got.stderr, got.returncode, f"get namespace {inp.namespace}")
+            )
+        argv = [
+            self.settings.kubectl,
+            "create",
+            "namespace",
+            inp.namespace,
+            f"--request-timeout={REQUEST_TIMEOUT}",
+        ]
+        made = await self.runner.run(argv, env=env.env, timeout=KUBECTL_TIMEOUT)
+        if made.returncode != 0:
+            if _ALREADY_EXISTS.search(made.stderr.decode("utf-8", "replace")):
+                return EnsureNamespaceResult(namespace=inp.namespace, created=False)
+            raise to_application_error(
+                classify_kubectl_failure(made.stderr, made.returncode, f"create namespace {inp.namespace}")
+            )
+        log.info("cluster %s: created namespace %s", inp.cluster_uuid, inp.namespace)
+        return EnsureNamespaceResult(namespace=inp.namespace, created=True)
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["record_state"])
+    async def record_state(self, inp: RecordStateInput) -> None:
+        """Write ``_admin.helm-chart-v3`` {id, created, operationalState, error_msg} (no-op without a doc)."""
+        validate_cluster_uuid(inp.cluster_uuid)
+        state = inp.state
+        if state.operationalState not in _STATES:
+            raise to_application_error(
+                InvalidInput(
+                    f"state.operationalState: {state.operationalState!r} is not one of {sorted(_STATES)}"
+                )
+            )
+        doc = {
+            "id": state.id,
+            "created": bool(state.created),
+            "operationalState": state.operationalState,
+            "error_msg": str(state.error_msg)[:2000],
+        }
+        await self.store.update_one(
+            CLUSTERS_COLLECTION,
+            {"_id": inp.cluster_uuid},
+            {"$set": {f"_admin.{HELM_V3_ADMIN_KEY}": doc}},
+        )
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["uninstall_all"])
+    async def uninstall_all(self, inp: UninstallAllInput) -> UninstallAllResult:
+        """List every release of every status (pending ones included); with ``force`` uninstall each one,
+        collecting failures; without it uninstall nothing and report them as kept (N2VC ``reset``)."""
+        env = await self._env(inp.cluster_uuid)
+        version = await self._helm_version(env)
+        listed = await self.runner.run(
+            helm_cli.build_list_argv(self.settings.helm, version), env=env.env, timeout=KUBECTL_TIMEOUT
+        )
+        if listed.returncode != 0:
+            raise to_application_error(
+                classify_helm_stderr(listed.stderr, listed.returncode, context="helm list")
+            )
+        releases = helm_cli.parse_list(listed.stdout)
+        out = UninstallAllResult()
+        for rel in releases:
+            key = f"{rel.namespace}/{rel.name}"
+            if not inp.force:
+                out.kept.append(key)
+                continue
+            argv = helm_cli.build_uninstall_argv(
+                self.settings.helm,
+                version,
+                release=rel.name,
+                namespace=rel.namespace,
+                timeout=inp.timeout,
+                wait=False,
+            )
+            done = await self.runner.run(argv, env=env.env, timeout=inp.timeout + 30)
+            stderr = done.stderr.decode("utf-8", "replace")
+            if done.returncode == 0 or re.search(r"release: not found|not found", stderr):
+                out.uninstalled.append(key)
+            else:
+                out.failed[key] = classify_helm_stderr(
+                    stderr, done.returncode, context=f"uninstall {key}"
+                ).message
+                log.error("cluster %s: could not uninstall %s: %s", inp.cluster_uuid, key, out.failed[key])
+        if out.kept:
+            log.warning(
+                "cluster %s: %d release(s) kept (force is off): %s",
+                inp.cluster_uuid,
+                len(out.kept),
+                ", ".join(out.kept),
+            )
+        return out
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["forget"])
+    async def forget(self, ref: ClusterRef) -> None:
+        """Remove this worker's local environment and the stored credentials and repository records.
+        Idempotent; other workers drop their copies when they find the credentials gone."""
+        validate_cluster_uuid(ref.cluster_uuid)
+        await self.envs.forget(ref.cluster_uuid)
+        unset = {"credentials": "", "_admin.kduflow_repos": "", "_admin.helm_charts_added": ""}
+        await self.store.update_one(CLUSTERS_COLLECTION, {"_id": ref.cluster_uuid}, {"$unset": unset})
+
+    # -- the per-cluster SyncRepos schedule -------------------------------------------------------
+
+    def _schedule(self, cluster_uuid: str, interval_s: int, task_queue: str) -> Schedule:
+        return Schedule(
+            action=ScheduleActionStartWorkflow(
+                SYNC_REPOS_WORKFLOW,
+                SyncReposInput(cluster_uuid=cluster_uuid),
+                id=f"sync-repos-{cluster_uuid}",
+                task_queue=task_queue,
+                execution_timeout=timedelta(seconds=max(interval_s, 300)),
+            ),
+            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=interval_s))]),
+            policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        )
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["upsert_schedule"])
+    async def upsert_schedule(self, inp: ScheduleInput) -> ScheduleResult:
+        """Create, or update in place, the Schedule running SyncRepos for the cluster (overlap: skip)."""
+        validate_cluster_uuid(inp.cluster_uuid)
+        interval = int(inp.interval_s or self.sync_interval_s)
+        if interval < MIN_SYNC_INTERVAL_S:
+            raise to_application_error(
+                InvalidInput(f"interval_s: {interval} is below {MIN_SYNC_INTERVAL_S}s")
+            )
+        task_queue = inp.task_queue or activity.info().task_queue
+        client = activity.client()
+        schedule_id = schedule_id_for(inp.cluster_uuid)
+        schedule = self._schedule(inp.cluster_uuid, interval, task_queue)
+        try:
+            await client.create_schedule(schedule_id, schedule)
+            action = "created"
+        except ScheduleAlreadyRunningError:
+
+            def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+                return ScheduleUpdate(schedule=schedule)
+
+            await client.get_schedule_handle(schedule_id).update(replace)
+            action = "updated"
+        log.info(
+            "cluster %s: SyncRepos schedule %s %s (every %ss)",
+            inp.cluster_uuid,
+            schedule_id,
+            action,
+            interval,
+        )
+        return ScheduleResult(schedule_id=schedule_id, action=action, interval_s=interval)
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["delete_schedule"])
+    async def delete_schedule(self, ref: ClusterRef) -> ScheduleResult:
+        """Delete the cluster's SyncRepos schedule; ``action="absent"`` when there was none."""
+        validate_cluster_uuid(ref.cluster_uuid)
+        schedule_id = schedule_id_for(ref.cluster_uuid)
+        try:
+            await activity.client().get_schedule_handle(schedule_id).delete()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return ScheduleResult(schedule_id=schedule_id, action="absent")
+            raise
+        return ScheduleResult(schedule_id=schedule_id, action="deleted")

@@ -1,0 +1,246 @@
+"""Cluster activities against the sandbox cluster with real kubectl/helm (both dialects), and the
+schedule activities against the Temporal test server."""
+
+from __future__ import annotations
+
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+from temporalio.client import ScheduleIntervalSpec
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.cluster_env import ClusterEnvs
+from activities.clusters import ClusterActivities, parse_server_version
+from activities.repos import RepoActivities
+from activities.secretbox import is_envelope
+from activities.store import Store
+from kduflow.config import Settings
+from sandbox import SandboxCluster
+from tests.conftest import HelmTools
+from tests.support import sandbox as sandbox_support
+from tests.support.charts import CHARTS_DIR, free_port
+from tests.support.sandbox import run_tool
+from workflows.cluster_models import (
+    ClusterRef,
+    ClusterState,
+    EnsureNamespaceInput,
+    RecordStateInput,
+    ScheduleInput,
+    StoreCredentialsInput,
+    UninstallAllInput,
+    schedule_id_for,
+)
+
+sandbox = sandbox_support.sandbox
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = Store.open(Settings(state_dir=tmp_path / "db"))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def make(tools: HelmTools, store: Store, state_dir: Path, secret_key: str = "") -> ClusterActivities:
+    settings = Settings(
+        helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state_dir, secret_key=secret_key
+    )
+    repos = RepoActivities(settings, None, store)
+    from activities.secretbox import SecretBox
+
+    envs = ClusterEnvs(settings, store, SecretBox.from_setting(secret_key), on_materialise=repos.materialise)
+    repos.envs = envs
+    return ClusterActivities(settings, envs, store)
+
+
+async def register(acts: ClusterActivities, kubeconfig: str) -> str:
+    cluster = new_id()
+    await acts.store_credentials(StoreCredentialsInput(cluster, kubeconfig, "kdu-ns"))
+    return cluster
+
+
+def test_parse_server_version() -> None:
+    out = (
+        '{"clientVersion":{"gitVersion":"v1.31.9"},'
+        '"serverVersion":{"gitVersion":"v1.31.0","platform":"linux/amd64"}}'
+    )
+    assert parse_server_version(out) == ("v1.31.0", "linux/amd64")
+    assert parse_server_version('{"clientVersion":{}}') == ("", "")
+    assert parse_server_version("garbage") == ("", "")
+
+
+async def test_verify_answers_with_the_server_version(
+    tools: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    cluster = await register(acts, sandbox.kubeconfig())
+    out = await acts.verify(ClusterRef(cluster))
+    assert out.server_version.startswith("v1.")
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["namespace"] == "kdu-ns"
+
+
+async def test_verify_wrong_token_is_credentials_invalid(
+    tools: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    config = yaml.safe_load(sandbox.kubeconfig())
+    config["users"][0]["user"]["token"] = "wrong-token-value"
+    cluster = await register(acts, yaml.safe_dump(config))
+    with pytest.raises(ApplicationError) as err:
+        await acts.verify(ClusterRef(cluster))
+    assert err.value.type == "CredentialsInvalid" and err.value.non_retryable
+    assert "wrong-token-value" not in str(err.value)
+
+
+async def test_verify_unreachable_is_retryable(
+    tools: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    config = yaml.safe_load(sandbox.kubeconfig())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
+    cluster = await register(acts, yaml.safe_dump(config))
+    with pytest.raises(ApplicationError) as err:
+        await acts.verify(ClusterRef(cluster))
+    assert err.value.type == "ClusterUnreachable" and not err.value.non_retryable
+
+
+@pytest.mark.parametrize("creds", ["clusters: [unterminated", "just a string", "{}", "clusters: []\n"])
+async def test_malformed_kubeconfig_is_refused(
+    tools: HelmTools, store: Store, tmp_path: Path, creds: str
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    with pytest.raises(ApplicationError) as err:
+        await acts.store_credentials(StoreCredentialsInput(new_id(), creds))
+    assert err.value.type == "CredentialsInvalid" and err.value.non_retryable
+    # Written around the activity (as OSM's NBI does): verify refuses it the same way.
+    cluster = new_id()
+    await store.insert_one("k8sclusters", {"_id": cluster, "credentials": creds})
+    with pytest.raises(ApplicationError) as err:
+        await acts.verify(ClusterRef(cluster))
+    assert err.value.type in ("CredentialsInvalid", "ClusterNotFound") and err.value.non_retryable
+
+
+async def test_credentials_encrypted_at_rest(
+    tools: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster
+) -> None:
+    import base64
+    import os
+
+    key = "k1:" + base64.b64encode(os.urandom(32)).decode()
+    acts = make(tools, store, tmp_path / "w", secret_key=key)
+    cluster = await register(acts, sandbox.kubeconfig())
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert is_envelope(doc["credentials"]) and sandbox.token not in str(doc)
+    assert (await acts.verify(ClusterRef(cluster))).server_version
+    kubeconfig = tmp_path / "w" / "clusters" / cluster / ".kube" / "config"
+    assert stat.S_IMODE(kubeconfig.stat().st_mode) == 0o600
+    other = make(tools, store, tmp_path / "w2", secret_key="k1:" + base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(ApplicationError) as err:
+        await other.verify(ClusterRef(cluster))
+    assert err.value.type == "CredentialsInvalid"
+
+
+async def test_ensure_namespace(
+    tools: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    cluster = await register(acts, sandbox.kubeconfig())
+    ns = f"ns-{tools.dialect}-{uuid.uuid4().hex[:6]}"
+    assert (await acts.ensure_namespace(EnsureNamespaceInput(cluster, ns))).created is True
+    assert sandbox.get("namespaces", None, ns) is not None
+    assert (await acts.ensure_namespace(EnsureNamespaceInput(cluster, ns))).created is False
+    assert (await acts.ensure_namespace(EnsureNamespaceInput(cluster, "kube-system"))).created is False
+    with pytest.raises(ApplicationError) as err:
+        await acts.ensure_namespace(EnsureNamespaceInput(cluster, "Bad_NS"))
+    assert err.value.type == "InvalidInput" and "namespace" in str(err.value)
+
+
+async def test_record_state_and_forget(
+    tools: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    cluster = await register(acts, sandbox.kubeconfig())
+    await acts.record_state(RecordStateInput(cluster, ClusterState(cluster, False, "ERROR", "boom")))
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["_admin"]["helm-chart-v3"] == {
+        "id": cluster,
+        "created": False,
+        "operationalState": "ERROR",
+        "error_msg": "boom",
+    }
+    with pytest.raises(ApplicationError) as err:
+        await acts.record_state(RecordStateInput(cluster, ClusterState(cluster, False, "FINE")))
+    assert err.value.type == "InvalidInput"
+    await acts.verify(ClusterRef(cluster))
+    root = tmp_path / "w" / "clusters" / cluster
+    assert root.is_dir()
+    await acts.forget(ClusterRef(cluster))
+    assert not root.exists()
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert "credentials" not in doc and doc["_admin"]["helm-chart-v3"]["operationalState"] == "ERROR"
+    await acts.forget(ClusterRef(cluster))  # idempotent
+    with pytest.raises(ApplicationError) as err:
+        await acts.verify(ClusterRef(cluster))
+    assert err.value.type == "ClusterNotFound"
+
+
+async def test_uninstall_all(tools: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    cluster = await register(acts, sandbox.kubeconfig())
+    env = await acts.envs.get(cluster)
+    ns = f"rst-{tools.dialect}"
+    names = [f"web-{tools.dialect}-1", f"web-{tools.dialect}-2"]
+    for name in names:
+        out = run_tool(
+            [tools.helm, "install", name, CHARTS_DIR / "webapp", "-n", ns, "--create-namespace"], env.env
+        )
+        assert out.returncode == 0, out.stderr
+    kept = await acts.uninstall_all(UninstallAllInput(cluster, force=False))
+    assert {f"{ns}/{n}" for n in names} <= set(kept.kept) and kept.uninstalled == []
+    done = await acts.uninstall_all(UninstallAllInput(cluster, force=True))
+    assert {f"{ns}/{n}" for n in names} <= set(done.uninstalled) and done.failed == {}
+    listed = run_tool([tools.helm, "list", "-A", "-o", "json"], env.env)
+    assert not any(r["name"] in names for r in yaml.safe_load(listed.stdout) or [])
+
+
+async def test_schedule_upsert_and_delete(
+    tools: HelmTools, store: Store, tmp_path: Path, ts_env: Any
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    cluster = new_id()
+    act_env = ActivityEnvironment(client=ts_env.client)
+    act_env.info = act_env.info.__class__(**{**act_env.info.__dict__, "task_queue": "tq-sched"})
+    created = await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=120))
+    assert (created.action, created.schedule_id, created.interval_s) == (
+        "created",
+        schedule_id_for(cluster),
+        120,
+    )
+    handle = ts_env.client.get_schedule_handle(created.schedule_id)
+    desc = await handle.describe()
+    assert desc.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(seconds=120))]
+    assert desc.schedule.action.workflow == "SyncRepos" and desc.schedule.action.task_queue == "tq-sched"
+    updated = await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=600))
+    assert updated.action == "updated"
+    desc = await handle.describe()
+    assert desc.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(seconds=600))]
+    with pytest.raises(ApplicationError) as err:
+        await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=1))
+    assert err.value.type == "InvalidInput"
+    assert (await act_env.run(acts.delete_schedule, ClusterRef(cluster))).action == "deleted"
+    assert (await act_env.run(acts.delete_schedule, ClusterRef(cluster))).action == "absent"

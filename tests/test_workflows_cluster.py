@@ -1,0 +1,468 @@
+"""InitCluster, ResetCluster and SyncRepos on the time-skipping test server: SyncRepos with the real
+repository activities and both helm binaries against real chart repositories, InitCluster/ResetCluster
+with mocked activities (sequencing, inputs, failures) and once end to end on the sandbox cluster."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+from temporalio.worker import Worker
+
+from activities.cluster_env import ClusterEnvs
+from activities.clusters import ClusterActivities
+from activities.repos import RepoActivities
+from activities.store import Store
+from kduflow.config import Settings
+from kduflow.plugin import activity_methods
+from sandbox import SandboxCluster
+from tests.conftest import HelmTools
+from tests.support import charts
+from tests.support import sandbox as sandbox_support
+from tests.support.charts import CHARTS_DIR, ChartRepoServer, free_port
+from tests.support.sandbox import run_tool
+from workflows.cluster import CLUSTER_WORKFLOWS, InitCluster, ResetCluster, SyncRepos
+from workflows.cluster_models import (
+    CLUSTER_ACTIVITY_NAMES,
+    AddStableResult,
+    ClusterRef,
+    EnsureNamespaceInput,
+    EnsureNamespaceResult,
+    InitClusterInput,
+    RecordStateInput,
+    RecordSyncInput,
+    ResetClusterInput,
+    ScheduleInput,
+    ScheduleResult,
+    StoreCredentialsInput,
+    SyncReposInput,
+    UninstallAllInput,
+    UninstallAllResult,
+    VerifyClusterResult,
+    schedule_id_for,
+)
+
+chart_repo_factory = charts.chart_repo_factory
+sandbox = sandbox_support.sandbox
+
+KUBECONFIG_DICT = {
+    "apiVersion": "v1",
+    "kind": "Config",
+    "current-context": "c",
+    "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
+    "users": [{"name": "u", "user": {"token": "unused"}}],
+    "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+}
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = Store.open(Settings(state_dir=tmp_path / "db"))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def real_activities(
+    tools: HelmTools, store: Store, state_dir: Path, **settings: Any
+) -> tuple[RepoActivities, ClusterActivities]:
+    cfg = Settings(helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state_dir, **settings)
+    repos = RepoActivities(cfg, None, store)
+    envs = ClusterEnvs(cfg, store, None, on_materialise=repos.materialise)
+    repos.envs = envs
+    return repos, ClusterActivities(cfg, envs, store)
+
+
+# ----------------------------------------------------------------------------------------------
+# SyncRepos: the difference table, real activities, real helm, real repositories.
+# ----------------------------------------------------------------------------------------------
+
+SYNC_CASES = [
+    # (initial desired ids, change applied before the second sync, expected second result)
+    pytest.param([], {"desired": ["A"]}, {"deleted": [], "added": {"A": "repo-a"}, "failed": []}, id="add"),
+    pytest.param(["A", "B"], {"desired": ["A"]}, {"deleted": ["B"], "added": {}, "failed": []}, id="remove"),
+    pytest.param(
+        ["A"],
+        {"desired": ["A"], "url": {"A": "second"}},
+        {"deleted": ["A"], "added": {"A": "repo-a"}, "failed": []},
+        id="url-change",
+    ),
+    pytest.param(
+        ["A"],
+        {"desired": ["A", "ghost"]},
+        {"deleted": [], "added": {}, "failed": ["ghost"], "unknown": ["ghost"]},
+        id="unknown-id",
+    ),
+    pytest.param(
+        [],
+        {"desired": ["A", "BAD", "B"]},
+        {"deleted": [], "added": {"A": "repo-a", "B": "repo-b"}, "failed": ["BAD"]},
+        id="one-bad-among-good",
+    ),
+    pytest.param(
+        ["A", "B"], {"desired": []}, {"deleted": ["A", "B"], "added": {}, "failed": []}, id="remove-all"
+    ),
+]
+
+
+@pytest.mark.parametrize(("initial", "change", "expected"), SYNC_CASES)
+async def test_sync_repos_differences(
+    tools: HelmTools,
+    store: Store,
+    tmp_path: Path,
+    ts_env: Any,
+    chart_repo_factory,
+    initial: list[str],
+    change: dict[str, Any],
+    expected: dict[str, Any],
+) -> None:
+    first: ChartRepoServer = chart_repo_factory()
+    second: ChartRepoServer = chart_repo_factory()
+    urls = {"first": first.url, "second": second.url}
+    cluster = str(uuid.uuid4())
+    ids = {"A": f"a-{cluster[:8]}", "B": f"b-{cluster[:8]}", "BAD": f"bad-{cluster[:8]}", "ghost": "ghost-id"}
+    await store.insert_one("k8sclusters", {"_id": cluster, "credentials": KUBECONFIG_DICT, "_admin": {}})
+    await store.insert_one("k8srepos", {"_id": ids["A"], "name": "repo-a", "url": first.url})
+    await store.insert_one("k8srepos", {"_id": ids["B"], "name": "repo-b", "url": first.url})
+    await store.insert_one(
+        "k8srepos", {"_id": ids["BAD"], "name": "repo-bad", "url": f"http://127.0.0.1:{free_port()}"}
+    )
+    repos, _ = real_activities(tools, store, tmp_path / "worker")
+    task_queue = f"tq-{uuid.uuid4()}"
+
+    async def sync() -> Any:
+        return await ts_env.client.execute_workflow(
+            SyncRepos.run, SyncReposInput(cluster), id=f"sync-{uuid.uuid4()}", task_queue=task_queue
+        )
+
+    async with Worker(
+        ts_env.client, task_queue=task_queue, workflows=CLUSTER_WORKFLOWS, activities=activity_methods(repos)
+    ):
+        await store.update_one(
+            "k8sclusters", {"_id": cluster}, {"$set": {"_admin.helm_chart_repos": [ids[k] for k in initial]}}
+        )
+        setup = await sync()
+        assert setup.failed == {} and sorted(setup.added) == sorted(ids[k] for k in initial)
+        for key, where in change.get("url", {}).items():
+            await store.update_one("k8srepos", {"_id": ids[key]}, {"$set": {"url": urls[where]}})
+        await store.update_one(
+            "k8sclusters",
+            {"_id": cluster},
+            {"$set": {"_admin.helm_chart_repos": [ids[k] for k in change["desired"]]}},
+        )
+        result = await sync()
+
+    assert sorted(result.deleted) == sorted(ids[k] for k in expected["deleted"])
+    assert result.added == {ids[k]: name for k, name in expected["added"].items()}
+    assert sorted(result.failed) == sorted(ids[k] for k in expected["failed"])
+    assert result.unknown == [ids[k] for k in expected.get("unknown", [])]
+    # What kduflow configured, as recorded and as helm sees it on a fresh worker.
+    wanted = {ids[k]: f"repo-{k.lower()}" for k in change["desired"] if k not in ("BAD", "ghost")}
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["_admin"]["helm_charts_added"] == wanted
+    assert doc["_admin"]["kduflow_repo_sync"]["added"] == result.added
+    fresh, _ = real_activities(tools, store, tmp_path / "fresh-worker")
+    listed = await fresh.list_repos(ClusterRef(cluster))
+    expected_urls = {
+        name: urls[change.get("url", {}).get(k, "first")]
+        for k, name in ((k, f"repo-{k.lower()}") for k in change["desired"] if k not in ("BAD", "ghost"))
+    }
+    assert {r.name: r.url for r in listed.repos} == expected_urls
+    # A third run with nothing changed does nothing.
+    async with Worker(
+        ts_env.client, task_queue=task_queue, workflows=CLUSTER_WORKFLOWS, activities=activity_methods(repos)
+    ):
+        again = await sync()
+    assert again.deleted == [] and again.added == {}
+    assert sorted(again.failed) == sorted(ids[k] for k in expected["failed"])
+
+
+# ----------------------------------------------------------------------------------------------
+# InitCluster / ResetCluster with mocked activities.
+# ----------------------------------------------------------------------------------------------
+
+
+class Mocks:
+    """One mock per cluster/repo activity, by name; records the inputs and can fail on demand."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[Any]] = defaultdict(list)
+        self.fail: dict[str, ApplicationError] = {}
+
+    def _hit(self, key: str, arg: Any) -> None:
+        self.calls[key].append(arg)
+        if key in self.fail:
+            raise self.fail[key]
+
+    def activities(self) -> list[Any]:
+        m = self
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["store_credentials"])
+        async def store_credentials(inp: StoreCredentialsInput) -> None:
+            m._hit("store_credentials", inp)
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["verify"])
+        async def verify(ref: ClusterRef) -> VerifyClusterResult:
+            m._hit("verify", ref)
+            return VerifyClusterResult(server_version="v1.31.0")
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["ensure_namespace"])
+        async def ensure_namespace(inp: EnsureNamespaceInput) -> EnsureNamespaceResult:
+            m._hit("ensure_namespace", inp)
+            return EnsureNamespaceResult(inp.namespace, created=inp.namespace != "kube-system")
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["repo_add_stable"])
+        async def add_stable(ref: ClusterRef) -> AddStableResult:
+            m._hit("repo_add_stable", ref)
+            return AddStableResult(added=True, url="https://stable.example")
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["upsert_schedule"])
+        async def upsert_schedule(inp: ScheduleInput) -> ScheduleResult:
+            m._hit("upsert_schedule", inp)
+            return ScheduleResult(schedule_id_for(inp.cluster_uuid), "created", inp.interval_s or 600)
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["delete_schedule"])
+        async def delete_schedule(ref: ClusterRef) -> ScheduleResult:
+            m._hit("delete_schedule", ref)
+            return ScheduleResult(schedule_id_for(ref.cluster_uuid), "deleted")
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["record_state"])
+        async def record_state(inp: RecordStateInput) -> None:
+            m._hit("record_state", inp)
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["uninstall_all"])
+        async def uninstall_all(inp: UninstallAllInput) -> UninstallAllResult:
+            m._hit("uninstall_all", inp)
+            if inp.force:
+                return UninstallAllResult(uninstalled=["ns/a"], failed={"ns/b": "boom"})
+            return UninstallAllResult(kept=["ns/a", "ns/b"])
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["forget"])
+        async def forget(ref: ClusterRef) -> None:
+            m._hit("forget", ref)
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["repo_desired"])
+        async def desired(ref: ClusterRef) -> Any:
+            from workflows.cluster_models import DesiredReposResult
+
+            m._hit("repo_desired", ref)
+            return DesiredReposResult()
+
+        @activity.defn(name=CLUSTER_ACTIVITY_NAMES["repo_record_sync"])
+        async def record_sync(inp: RecordSyncInput) -> None:
+            m._hit("repo_record_sync", inp)
+
+        return [
+            store_credentials,
+            verify,
+            ensure_namespace,
+            add_stable,
+            upsert_schedule,
+            delete_schedule,
+            record_state,
+            uninstall_all,
+            forget,
+            desired,
+            record_sync,
+        ]
+
+
+async def run_with_mocks(ts_env: Any, mocks: Mocks, workflow_run: Any, arg: Any) -> Any:
+    task_queue = f"tq-{uuid.uuid4()}"
+    async with Worker(
+        ts_env.client, task_queue=task_queue, workflows=CLUSTER_WORKFLOWS, activities=mocks.activities()
+    ):
+        return await ts_env.client.execute_workflow(
+            workflow_run, arg, id=f"wf-{uuid.uuid4()}", task_queue=task_queue
+        )
+
+
+@pytest.mark.parametrize(
+    ("inp", "expected_id"),
+    [
+        (InitClusterInput(cluster_uuid="given", reuse_cluster_uuid="reused"), "reused"),
+        (InitClusterInput(cluster_uuid="given"), "given"),
+        (InitClusterInput(), None),
+    ],
+)
+async def test_init_cluster_id_choice_and_steps(
+    ts_env: Any, inp: InitClusterInput, expected_id: str | None
+) -> None:
+    mocks = Mocks()
+    result = await run_with_mocks(ts_env, mocks, InitCluster.run, inp)
+    if expected_id is None:
+        assert uuid.UUID(result.cluster_uuid)
+    else:
+        assert result.cluster_uuid == expected_id
+    assert result.installed_sw is False and result.server_version == "v1.31.0" and result.stable_repo_added
+    assert "store_credentials" not in mocks.calls  # credentials come from the k8sclusters document
+    assert mocks.calls["ensure_namespace"] == [EnsureNamespaceInput(result.cluster_uuid, "kube-system")]
+    assert mocks.calls["upsert_schedule"][0].cluster_uuid == result.cluster_uuid
+    assert [c.cluster_uuid for c in mocks.calls["repo_desired"]] == [
+        result.cluster_uuid
+    ]  # the first SyncRepos
+    states = [c.state for c in mocks.calls["record_state"]]
+    assert [(s.id, s.created, s.operationalState, s.error_msg) for s in states] == [
+        (result.cluster_uuid, False, "ENABLED", "")
+    ]
+
+
+async def test_init_cluster_with_creds_stores_them_and_warns(ts_env: Any) -> None:
+    mocks = Mocks()
+    inp = InitClusterInput(
+        cluster_uuid="c1", k8s_creds="apiVersion: v1\n", namespace="osm-ns", sync_interval_s=-1
+    )
+    result = await run_with_mocks(ts_env, mocks, InitCluster.run, inp)
+    assert mocks.calls["store_credentials"] == [StoreCredentialsInput("c1", "apiVersion: v1\n", "osm-ns")]
+    assert result.namespace_created and result.schedule_id == ""
+    assert "upsert_schedule" not in mocks.calls
+
+
+async def test_init_cluster_bad_credentials_records_error(ts_env: Any) -> None:
+    mocks = Mocks()
+    mocks.fail["verify"] = ApplicationError("401 Unauthorized", type="CredentialsInvalid", non_retryable=True)
+    with pytest.raises(WorkflowFailureError) as err:
+        await run_with_mocks(ts_env, mocks, InitCluster.run, InitClusterInput(cluster_uuid="c2"))
+    assert err.value.cause.cause.type == "CredentialsInvalid"
+    assert len(mocks.calls["verify"]) == 1  # non-retryable: no retry
+    state = mocks.calls["record_state"][-1].state
+    assert state.operationalState == "ERROR" and "401 Unauthorized" in state.error_msg
+    assert "ensure_namespace" not in mocks.calls and "upsert_schedule" not in mocks.calls
+
+
+async def test_init_cluster_unreachable_is_retried_then_fails(ts_env: Any) -> None:
+    mocks = Mocks()
+    mocks.fail["verify"] = ApplicationError("connection refused", type="ClusterUnreachable")
+    with pytest.raises(WorkflowFailureError):
+        await run_with_mocks(ts_env, mocks, InitCluster.run, InitClusterInput(cluster_uuid="c3"))
+    assert len(mocks.calls["verify"]) == 5
+    assert mocks.calls["record_state"][-1].state.operationalState == "ERROR"
+
+
+async def test_init_cluster_stable_failure_does_not_block(ts_env: Any) -> None:
+    mocks = Mocks()
+    mocks.fail["repo_add_stable"] = ApplicationError("404", type="ChartNotFound", non_retryable=True)
+    result = await run_with_mocks(ts_env, mocks, InitCluster.run, InitClusterInput(cluster_uuid="c4"))
+    assert result.stable_repo_added is False
+    assert mocks.calls["record_state"][-1].state.operationalState == "ENABLED"
+
+
+@pytest.mark.parametrize(
+    ("inp", "field"),
+    [
+        (InitClusterInput(cluster_uuid="../x"), "cluster_uuid"),
+        (InitClusterInput(reuse_cluster_uuid="-rf"), "reuse_cluster_uuid"),
+        (InitClusterInput(namespace="Bad_Namespace"), "namespace"),
+        (InitClusterInput(sync_interval_s=3), "sync_interval_s"),
+    ],
+)
+async def test_init_cluster_invalid_input(ts_env: Any, inp: InitClusterInput, field: str) -> None:
+    mocks = Mocks()
+    with pytest.raises(WorkflowFailureError) as err:
+        await run_with_mocks(ts_env, mocks, InitCluster.run, inp)
+    assert err.value.cause.type == "InvalidInput" and field in str(err.value.cause)
+    assert not mocks.calls
+
+
+@pytest.mark.parametrize(
+    ("force", "uninstall_sw", "uninstall_calls"),
+    [(False, False, []), (True, False, []), (False, True, [False]), (True, True, [True])],
+)
+async def test_reset_cluster_semantics(
+    ts_env: Any, force: bool, uninstall_sw: bool, uninstall_calls: list[bool]
+) -> None:
+    mocks = Mocks()
+    ok = await run_with_mocks(ts_env, mocks, ResetCluster.run, ResetClusterInput("c5", force, uninstall_sw))
+    assert ok is True
+    assert [c.force for c in mocks.calls["uninstall_all"]] == uninstall_calls
+    assert mocks.calls["delete_schedule"] == [ClusterRef("c5")] and mocks.calls["forget"] == [
+        ClusterRef("c5")
+    ]
+    assert mocks.calls["record_state"][-1].state.operationalState == "DISABLED"
+
+
+async def test_reset_cluster_invalid_input(ts_env: Any) -> None:
+    mocks = Mocks()
+    with pytest.raises(WorkflowFailureError) as err:
+        await run_with_mocks(ts_env, mocks, ResetCluster.run, ResetClusterInput(""))
+    assert err.value.cause.type == "InvalidInput" and "cluster_uuid" in str(err.value.cause)
+    assert not mocks.calls
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on the sandbox cluster with real activities.
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_init_and_reset_cluster_end_to_end(
+    tools: HelmTools, store: Store, tmp_path: Path, ts_env: Any, sandbox: SandboxCluster, chart_repo_factory
+) -> None:
+    stable: ChartRepoServer = chart_repo_factory()
+    extra: ChartRepoServer = chart_repo_factory()
+    repos, clusters = real_activities(tools, store, tmp_path / "w", stable_repo_url=stable.url)
+    cluster = str(uuid.uuid4())
+    await store.insert_one("k8srepos", {"_id": "r-extra", "name": "extra", "url": extra.url})
+    await store.insert_one("k8sclusters", {"_id": cluster, "_admin": {"helm_chart_repos": ["r-extra"]}})
+    task_queue = f"tq-{uuid.uuid4()}"
+    ns = f"init-{tools.dialect}"
+    async with Worker(
+        ts_env.client,
+        task_queue=task_queue,
+        workflows=CLUSTER_WORKFLOWS,
+        activities=[*activity_methods(repos), *activity_methods(clusters)],
+    ):
+        result = await ts_env.client.execute_workflow(
+            InitCluster.run,
+            InitClusterInput(
+                reuse_cluster_uuid=cluster, k8s_creds=sandbox.kubeconfig(), namespace=ns, sync_interval_s=3600
+            ),
+            id=f"init-{cluster}",
+            task_queue=task_queue,
+        )
+        assert result.cluster_uuid == cluster and result.server_version.startswith("v1.")
+        assert result.namespace_created and result.stable_repo_added
+        assert sandbox.get("namespaces", None, ns) is not None
+        doc = await store.find_one("k8sclusters", {"_id": cluster})
+        assert doc["_admin"]["helm-chart-v3"] == {
+            "id": cluster,
+            "created": False,
+            "operationalState": "ENABLED",
+            "error_msg": "",
+        }
+        assert doc["_admin"]["helm_charts_added"] == {"r-extra": "extra"}
+        desc = await ts_env.client.get_schedule_handle(result.schedule_id).describe()
+        assert desc.schedule.action.workflow == "SyncRepos"
+
+        env = await clusters.envs.get(cluster)
+        assert await repos.ensure_chart_available(env, "stable", "webapp", "0.1.0") == "stable/webapp"
+        out = run_tool(
+            [tools.helm, "install", "rel1", "extra/webapp", "--version", "0.2.0", "-n", ns], env.env
+        )
+        assert out.returncode == 0, out.stderr
+        out = run_tool([tools.helm, "install", "rel2", CHARTS_DIR / "statefuldb", "-n", ns], env.env)
+        assert out.returncode == 0, out.stderr
+
+        ok = await ts_env.client.execute_workflow(
+            ResetCluster.run,
+            ResetClusterInput(cluster, True, True),
+            id=f"reset-{cluster}",
+            task_queue=task_queue,
+        )
+    assert ok is True
+    release_secrets = [s["metadata"]["name"] for s in sandbox.list("secrets", ns)]
+    assert not [n for n in release_secrets if n.startswith("sh.helm.release.v1.rel")], release_secrets
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert "credentials" not in doc and doc["_admin"]["helm-chart-v3"]["operationalState"] == "DISABLED"
+    assert not (tmp_path / "w" / "clusters" / cluster).exists()
+    with pytest.raises(RPCError):
+        await ts_env.client.get_schedule_handle(schedule_id_for(cluster)).describe()

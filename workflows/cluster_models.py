@@ -1,0 +1,276 @@
+"""Inputs and results of the cluster and repository workflows and activities (issue 4).
+
+I/O-free and standard-library only, so workflows import it inside ``imports_passed_through``. Like
+``activities/models.py``, fields are only ever added, with defaults. No secret travels in these
+types except ``InitClusterInput.k8s_creds`` / ``StoreCredentialsInput.k8s_creds`` (N2VC's interface):
+repository passwords and CA certificates are read from the store by the activities themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: ``_admin`` sub-document N2VC's helm 3 connector state lives in.
+HELM_V3_ADMIN_KEY = "helm-chart-v3"
+#: Key of the configured "stable" repository in ``_admin.kduflow_repos`` (never a k8srepos id:
+#: those are uuids, and ":" cannot start one).
+STABLE_REPO_KEY = ":stable"
+STABLE_REPO_NAME = "stable"
+
+
+# ----------------------------------------------------------------------------------------------
+# Workflow inputs / results.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InitClusterInput:
+    """``InitCluster``: N2VC ``init_env(k8s_creds, namespace, reuse_cluster_uuid)``."""
+
+    cluster_uuid: str = ""
+    #: Kubeconfig as YAML. Lands in workflow history: only pass it with the payload codec on;
+    #: otherwise store it in ``k8sclusters.credentials`` first and leave this empty.
+    k8s_creds: str = ""
+    namespace: str = "kube-system"
+    reuse_cluster_uuid: str = ""
+    #: Run SyncRepos every this many seconds (0 = the worker default, negative = no schedule).
+    sync_interval_s: int = 0
+
+
+@dataclass
+class InitClusterResult:
+    cluster_uuid: str
+    #: N2VC's ``n2vc_installed_sw``: helm 3 installs nothing in the cluster, so always False.
+    installed_sw: bool = False
+    server_version: str = ""
+    namespace_created: bool = False
+    stable_repo_added: bool = False
+    schedule_id: str = ""
+
+
+@dataclass
+class ResetClusterInput:
+    cluster_uuid: str
+    #: Uninstall releases (pending ones included) when uninstall_sw is set; without it they are kept.
+    force: bool = False
+    uninstall_sw: bool = False
+
+
+@dataclass
+class SyncReposInput:
+    cluster_uuid: str
+
+
+@dataclass
+class SyncReposResult:
+    """What SyncRepos changed. Keys and list entries are always k8srepos ids (N2VC mixed ids and
+    names, reference E.20); ``added`` maps id -> repository name like ``_admin.helm_charts_added``."""
+
+    deleted: list[str] = field(default_factory=list)
+    added: dict[str, str] = field(default_factory=dict)
+    #: id -> error message, for repositories that could not be removed, added, or found.
+    failed: dict[str, str] = field(default_factory=dict)
+    #: Ids listed in ``_admin.helm_chart_repos`` with no k8srepos document (also in ``failed``).
+    unknown: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activity inputs / results.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClusterRef:
+    cluster_uuid: str
+
+
+@dataclass
+class StoreCredentialsInput:
+    cluster_uuid: str
+    #: Kubeconfig YAML (see InitClusterInput.k8s_creds).
+    k8s_creds: str
+    namespace: str = ""
+
+
+@dataclass
+class VerifyClusterResult:
+    #: e.g. "v1.31.0"
+    server_version: str = ""
+    platform: str = ""
+
+
+@dataclass
+class EnsureNamespaceInput:
+    cluster_uuid: str
+    namespace: str
+
+
+@dataclass
+class EnsureNamespaceResult:
+    namespace: str
+    created: bool = False
+
+
+@dataclass
+class ClusterState:
+    """``k8sclusters._admin.helm-chart-v3`` as OSM's LCM writes it."""
+
+    id: str
+    created: bool = False
+    #: "ENABLED", "ERROR" or "DISABLED"
+    operationalState: str = "ENABLED"  # noqa: N815 - OSM's field name
+    error_msg: str = ""
+
+
+@dataclass
+class RecordStateInput:
+    cluster_uuid: str
+    state: ClusterState
+
+
+@dataclass
+class UninstallAllInput:
+    cluster_uuid: str
+    #: Without force nothing is uninstalled; the releases found are reported as kept.
+    force: bool = False
+    timeout: int = 300
+
+
+@dataclass
+class UninstallAllResult:
+    uninstalled: list[str] = field(default_factory=list)
+    #: "namespace/name" of releases left in place (force was off).
+    kept: list[str] = field(default_factory=list)
+    #: "namespace/name" -> error message
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ScheduleInput:
+    cluster_uuid: str
+    #: Seconds between SyncRepos runs; 0 = the worker default.
+    interval_s: int = 0
+    #: Task queue of the SyncRepos workflow; "" = the task queue of the calling activity.
+    task_queue: str = ""
+
+
+@dataclass
+class ScheduleResult:
+    schedule_id: str
+    #: "created", "updated", "deleted", "absent"
+    action: str = ""
+    interval_s: int = 0
+
+
+@dataclass
+class RepoRef:
+    """A repository of a cluster, by k8srepos id (the activity reads url and credentials itself)."""
+
+    cluster_uuid: str
+    repo_id: str
+    #: Name the repository is configured under locally (remove); "" = look it up.
+    name: str = ""
+
+
+@dataclass
+class RepoAddResult:
+    repo_id: str
+    name: str
+    url: str = ""
+    oci: bool = False
+    #: False when helm already had this exact entry ("skipping").
+    changed: bool = True
+
+
+@dataclass
+class RepoRemoveResult:
+    repo_id: str
+    name: str = ""
+    #: False when the repository was not configured (idempotent success).
+    existed: bool = True
+
+
+@dataclass
+class RepoUpdateInput:
+    cluster_uuid: str
+    #: Repository names; empty = every configured (non-OCI) repository.
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RepoUpdateResult:
+    updated: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RepoInfo:
+    """A repository as workflows see it: never a password or certificate."""
+
+    id: str
+    name: str
+    url: str
+    oci: bool = False
+    #: Digest of url + username + CA + password (salted, slow hash): changes when any of them does.
+    fingerprint: str = ""
+
+
+@dataclass
+class RepoListResult:
+    repos: list[RepoInfo] = field(default_factory=list)
+
+
+@dataclass
+class DesiredReposResult:
+    """``repo.desired``: what the store wants and what kduflow configured, secrets stripped."""
+
+    desired: list[RepoInfo] = field(default_factory=list)
+    #: From ``_admin.kduflow_repos`` / ``_admin.helm_charts_added`` (stable excluded).
+    configured: list[RepoInfo] = field(default_factory=list)
+    #: Ids in ``_admin.helm_chart_repos`` without a k8srepos document.
+    unknown: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecordSyncInput:
+    cluster_uuid: str
+    result: SyncReposResult
+
+
+@dataclass
+class AddStableResult:
+    added: bool = False
+    url: str = ""
+    error: str = ""
+
+
+CLUSTER_ACTIVITY_NAMES = {
+    # activities/clusters.py
+    "verify": "cluster.verify",  # ClusterRef -> VerifyClusterResult
+    "store_credentials": "cluster.store_credentials",  # StoreCredentialsInput -> None
+    "ensure_namespace": "cluster.ensure_namespace",  # EnsureNamespaceInput -> EnsureNamespaceResult
+    "record_state": "cluster.record_state",  # RecordStateInput -> None
+    "uninstall_all": "cluster.uninstall_all",  # UninstallAllInput -> UninstallAllResult
+    "forget": "cluster.forget",  # ClusterRef -> None
+    "upsert_schedule": "cluster.upsert_schedule",  # ScheduleInput -> ScheduleResult
+    "delete_schedule": "cluster.delete_schedule",  # ClusterRef -> ScheduleResult
+    # activities/repos.py
+    "repo_add": "repo.add",  # RepoRef -> RepoAddResult
+    "repo_remove": "repo.remove",  # RepoRef -> RepoRemoveResult
+    "repo_update": "repo.update",  # RepoUpdateInput -> RepoUpdateResult
+    "repo_list": "repo.list",  # ClusterRef -> RepoListResult
+    "registry_login": "registry.login",  # RepoRef -> RepoAddResult
+    "repo_desired": "repo.desired",  # ClusterRef -> DesiredReposResult
+    "repo_record_sync": "repo.record_sync",  # RecordSyncInput -> None
+    "repo_add_stable": "repo.add_stable",  # ClusterRef -> AddStableResult
+}
+
+
+def schedule_id_for(cluster_uuid: str) -> str:
+    """Id of the per-cluster Temporal Schedule that runs SyncRepos."""
+    return f"kduflow-sync-repos-{cluster_uuid}"
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """Shallow dict of a dataclass (for store documents)."""
+    return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
