@@ -1,0 +1,692 @@
+"""``kdu.*`` release activities: helm install/upgrade/rollback/uninstall and read-only queries.
+
+Each activity is build argv -> run (through the one ``Runner``, with the cluster's private
+environment) -> parse. Mutating activities are idempotent under Temporal retries: they observe
+the release (``helm history``) before acting, so a retry after a crash at any point converges
+instead of failing with "name in use" or leaving a ``pending-*`` release behind.
+
+Recognising our own earlier attempt: a release label ``kduflow.dev/op=<hash of operation_id>``.
+helm keeps release labels on its storage Secret (helm 3.14+ and 4 ``--labels``); ``helm list
+--selector`` reads them back for the latest revision; upgrades merge labels (ours replaces the
+previous operation's value) and a rollback copies the target revision's labels. The release
+*description* is left alone because OSM shows helm's own description ("Install complete").
+
+Errors leave every activity as ``ApplicationError`` (see ``activities/errors.py``): a helm failure
+that wrote a new failed revision is non-retryable ``ReleaseFailed`` (or ``UpgradeFailed`` /
+``UpgradeRolledBack`` / ``RollbackFailed``) with details ``{revision, status, description}``;
+failures before any revision are classified from stderr (retryable or not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from temporalio import activity
+
+from activities import helm_cli, kubectl_cli
+from activities.errors import (
+    ChartNotFound,
+    HelmError,
+    InvalidInput,
+    KduflowError,
+    OperationInProgress,
+    ReleaseFailed,
+    ReleaseNameInUse,
+    ReleaseNotFound,
+    RollbackFailed,
+    UpgradeFailed,
+    UpgradeRolledBack,
+    classify_helm_stderr,
+    to_application_error,
+)
+from activities.helm_cli import ChartRef, HelmVersion
+from activities.models import (
+    ACTIVITY_NAMES,
+    GetValuesInput,
+    HelmInstallInput,
+    HelmRollbackInput,
+    HelmUninstallInput,
+    HelmUpgradeInput,
+    HistoryResult,
+    InspectInput,
+    InspectKduResult,
+    KduServicesResult,
+    ListReleasesInput,
+    ListReleasesResult,
+    ReleaseInfo,
+    ReleaseRef,
+    ReleaseStatus,
+    RevisionInfo,
+    UninstallOutcome,
+    ValuesResult,
+)
+from activities.runner import ProcessResult, Runner
+
+logger = logging.getLogger(__name__)
+
+#: Release label carrying the hash of the operation that produced the revision.
+OP_LABEL = "kduflow.dev/op"
+#: Seconds allowed to read-only helm/kubectl calls.
+READ_TIMEOUT = 120.0
+#: Seconds the runner adds to helm's own --timeout (chart download, hooks bookkeeping, storage).
+RUNNER_MARGIN = 60.0
+_ROLLBACK_TO = re.compile(r"^Rollback to (\d+)$")
+_OCI_NOISE = re.compile(r"^(Pulled|Digest): .*\n", re.MULTILINE)
+
+
+class _Envs(Protocol):
+    async def get(self, cluster_uuid: str) -> Any: ...
+
+
+class _Settings(Protocol):
+    helm: str
+    kubectl: str
+    state_dir: Path
+    charts_dir: Path | None
+
+
+def op_marker(operation_id: str) -> dict[str, str]:
+    """The release label recording ``operation_id`` (hashed: label values are <= 63 chars)."""
+    if not operation_id:
+        return {}
+    return {OP_LABEL: hashlib.sha256(operation_id.encode()).hexdigest()[:32]}
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _boundary(fn: F) -> F:
+    """Convert kduflow errors into ApplicationError at the activity boundary."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except KduflowError as err:
+            raise to_application_error(err) from err
+        except ValueError as err:  # a parser met output it does not understand
+            raise to_application_error(HelmError(f"unexpected helm output: {err}")) from err
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ReleaseActivities:
+    """The ``kdu.*`` release activities. Register the bound methods on a worker.
+
+    Args:
+        settings: worker settings (``helm``, ``kubectl``, ``charts_dir``, ``state_dir``).
+        envs: ``ClusterEnvs`` (``await envs.get(cluster_uuid) -> ClusterEnv``).
+        runner: the process runner (tests inject one).
+        heartbeat_every: seconds between heartbeats while a helm/kubectl process runs (the SDK
+            throttles what reaches the server to 0.8 x the heartbeat timeout).
+    """
+
+    def __init__(
+        self, settings: _Settings, envs: _Envs, runner: Runner | None = None, *, heartbeat_every: float = 5.0
+    ) -> None:
+        self._settings = settings
+        self._heartbeat_every = heartbeat_every
+        self._envs = envs
+        self._runner = runner or Runner()
+        self._versions: dict[str, HelmVersion] = {}
+        self._version_lock = asyncio.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def _env(self, cluster_uuid: str) -> dict[str, str]:
+        return dict((await self._envs.get(cluster_uuid)).env)
+
+    async def _version(self, env: Mapping[str, str]) -> HelmVersion:
+        """The helm version, probed once per binary path."""
+        helm = self._settings.helm
+        if helm not in self._versions:
+            async with self._version_lock:
+                if helm not in self._versions:
+                    res = await self._runner.run(helm_cli.build_version_argv(helm), env=env, timeout=30)
+                    if not res.ok:
+                        raise classify_helm_stderr(res.stderr, res.returncode, context="helm version")
+                    self._versions[helm] = HelmVersion.parse(res.stdout)
+        return self._versions[helm]
+
+    async def _run(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        timeout: float = READ_TIMEOUT,
+        stdin: bytes | None = None,
+        secrets: Iterable[str] = (),
+    ) -> ProcessResult:
+        return await self._runner.run(
+            argv,
+            env=env,
+            stdin=stdin,
+            timeout=timeout,
+            secrets=secrets,
+            heartbeat_every=self._heartbeat_every,
+        )
+
+    async def _run_ok(
+        self, argv: Sequence[str], env: Mapping[str, str], context: str, **kw: Any
+    ) -> ProcessResult:
+        res = await self._run(argv, env, **kw)
+        if not res.ok:
+            raise classify_helm_stderr(
+                res.stderr, res.returncode, secrets=kw.get("secrets", ()), context=context
+            )
+        return res
+
+    async def _history(
+        self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef
+    ) -> list[RevisionInfo]:
+        """All revisions, oldest first; [] when the release does not exist."""
+        argv = helm_cli.build_history_argv(
+            self._settings.helm, version, release=ref.kdu_instance, namespace=_ns(ref)
+        )
+        res = await self._run(argv, env)
+        if res.ok:
+            return helm_cli.parse_history(res.stdout)
+        err = classify_helm_stderr(res.stderr, res.returncode, context=f"helm history {ref.kdu_instance}")
+        if isinstance(err, ReleaseNotFound):
+            return []
+        raise err
+
+    async def _observe(self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef) -> ReleaseInfo:
+        """The release's latest revision (``helm status`` JSON carries no chart, history does)."""
+        return _info(ref, await self._history(env, version, ref))
+
+    async def _carries_marker(
+        self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef, operation_id: str
+    ) -> bool:
+        """Whether the latest revision of the release carries this operation's label."""
+        if not operation_id:
+            return False
+        argv = helm_cli.build_list_argv(
+            self._settings.helm,
+            version,
+            namespace=_ns(ref),
+            name=ref.kdu_instance,
+            selector=op_marker(operation_id),
+        )
+        res = await self._run_ok(argv, env, f"helm list {ref.kdu_instance}")
+        return any(r.name == ref.kdu_instance for r in helm_cli.parse_list(res.stdout))
+
+    async def _uninstall(
+        self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef, timeout: int, wait: bool
+    ) -> None:
+        argv = helm_cli.build_uninstall_argv(
+            self._settings.helm,
+            version,
+            release=ref.kdu_instance,
+            namespace=_ns(ref),
+            timeout=timeout,
+            wait=wait,
+        )
+        res = await self._run(argv, env, timeout=timeout + RUNNER_MARGIN)
+        if not res.ok:
+            err = classify_helm_stderr(
+                res.stderr, res.returncode, context=f"helm uninstall {ref.kdu_instance}"
+            )
+            if not isinstance(err, ReleaseNotFound):
+                raise err
+
+    async def _rollback(
+        self,
+        env: Mapping[str, str],
+        version: HelmVersion,
+        ref: ReleaseRef,
+        revision: int,
+        timeout: int,
+        wait: bool,
+    ) -> ProcessResult:
+        argv = helm_cli.build_rollback_argv(
+            self._settings.helm,
+            version,
+            release=ref.kdu_instance,
+            revision=revision,
+            namespace=_ns(ref),
+            timeout=timeout,
+            wait=wait,
+        )
+        return await self._run(argv, env, timeout=timeout + RUNNER_MARGIN)
+
+    async def _failure(
+        self,
+        env: Mapping[str, str],
+        version: HelmVersion,
+        ref: ReleaseRef,
+        res: ProcessResult,
+        before: list[RevisionInfo],
+        verb: str,
+        secrets: Iterable[str] = (),
+    ) -> KduflowError:
+        """The error for a failed mutating helm run: observe whether it wrote a new revision."""
+        stderr = res.stderr.decode("utf-8", "replace")
+        err = classify_helm_stderr(
+            stderr, res.returncode, secrets=secrets, context=f"helm {verb} {ref.kdu_instance}"
+        )
+        try:
+            after = await self._history(env, version, ref)
+        except KduflowError:
+            return err  # cannot observe: helm's own error is the best report
+        known = max((h.revision for h in before), default=0)
+        new = [h for h in after if h.revision > known]
+        if not new:
+            if verb == "install" and "has been uninstalled due to" in stderr:
+                # Atomic install: helm wrote revision 1, failed, and removed the release again.
+                return ReleaseFailed(
+                    err.message,
+                    details={"revision": 0, "status": ReleaseStatus.ABSENT.value, "description": err.message},
+                )
+            return err
+        latest = after[-1]
+        failed = [h for h in new if h.status == ReleaseStatus.FAILED.value]
+        details: dict[str, Any] = {
+            "revision": latest.revision,
+            "status": latest.status,
+            "description": latest.description,
+        }
+        if verb == "upgrade" and failed and latest.status == ReleaseStatus.DEPLOYED.value:
+            restored = _ROLLBACK_TO.match(latest.description)
+            details |= {
+                "failed_revision": failed[0].revision,
+                "restored_revision": int(restored[1]) if restored else latest.revision,
+            }
+            return UpgradeRolledBack(err.message, details=details)
+        cls = {"upgrade": UpgradeFailed, "rollback": RollbackFailed}.get(verb, ReleaseFailed)
+        failed_rev = failed[-1] if failed else latest
+        details |= {
+            "revision": failed_rev.revision,
+            "status": failed_rev.status,
+            "description": failed_rev.description,
+        }
+        return cls(err.message, details=details)
+
+    # -- read-only activities ---------------------------------------------------------------------
+
+    @activity.defn(name=ACTIVITY_NAMES["list_releases"])
+    @_boundary
+    async def list_releases(self, inp: ListReleasesInput) -> ListReleasesResult:
+        """Every release of the cluster (all namespaces, all statuses), or only ``inp.name``."""
+        env = await self._env(inp.cluster_uuid)
+        version = await self._version(env)
+        argv = helm_cli.build_list_argv(self._settings.helm, version, name=inp.name)
+        res = await self._run_ok(argv, env, "helm list")
+        return ListReleasesResult(releases=helm_cli.parse_list(res.stdout))
+
+    @activity.defn(name=ACTIVITY_NAMES["history"])
+    @_boundary
+    async def history(self, ref: ReleaseRef) -> HistoryResult:
+        """``helm history``; empty entries when the release does not exist."""
+        env = await self._env(ref.cluster_uuid)
+        return HistoryResult(entries=await self._history(env, await self._version(env), ref))
+
+    @activity.defn(name=ACTIVITY_NAMES["get_values"])
+    @_boundary
+    async def get_values(self, inp: GetValuesInput) -> ValuesResult:
+        """User-supplied values (or all computed values). Raises ReleaseNotFound (non-retryable)."""
+        env = await self._env(inp.ref.cluster_uuid)
+        version = await self._version(env)
+        argv = helm_cli.build_get_values_argv(
+            self._settings.helm,
+            version,
+            release=inp.ref.kdu_instance,
+            namespace=_ns(inp.ref),
+            all_values=inp.all_values,
+        )
+        res = await self._run_ok(argv, env, f"helm get values {inp.ref.kdu_instance}")
+        return ValuesResult(values=helm_cli.parse_get_values(res.stdout))
+
+    @activity.defn(name=ACTIVITY_NAMES["inspect"])
+    @_boundary
+    async def inspect(self, inp: InspectInput) -> InspectKduResult:
+        """Chart.yaml, values.yaml text and README of a chart (no release, no Kubernetes call).
+
+        ``repo/chart`` resolves against the cluster's repositories (``cluster_uuid`` required);
+        with ``repo_url`` the chart is looked up in that repository directly.
+        """
+        env = await self._env(inp.cluster_uuid) if inp.cluster_uuid else self._scratch_env()
+        version = await self._version(env)
+        chart = _inspect_chart(inp, self._settings.charts_dir)
+        if chart.kind == "repo" and not inp.repo_url and not inp.cluster_uuid:
+            raise InvalidInput("cluster_uuid: required to resolve a repo/chart reference (or give repo_url)")
+
+        async def show(what: str) -> str:
+            argv = helm_cli.build_show_argv(
+                self._settings.helm, version, what=what, chart=chart, repo_url=inp.repo_url
+            )
+            res = await self._run_ok(argv, env, f"helm show {what} {chart.chart}")
+            text = res.stdout.decode("utf-8", "replace")
+            return _OCI_NOISE.sub("", text) if chart.kind == "oci" else text
+
+        chart_text, values, readme = await asyncio.gather(show("chart"), show("values"), show("readme"))
+        return InspectKduResult(
+            kdu_model=inp.chart, chart=helm_cli.parse_show_chart(chart_text), values=values, readme=readme
+        )
+
+    @activity.defn(name=ACTIVITY_NAMES["services"])
+    @_boundary
+    async def services(self, ref: ReleaseRef) -> KduServicesResult:
+        """The release's Services (from its manifest) as the cluster reports them now.
+
+        One ``kubectl get services`` per namespace the manifest uses; Services missing from the
+        cluster are left out; LoadBalancers without ingress are ``pending``.
+        """
+        env = await self._env(ref.cluster_uuid)
+        version = await self._version(env)
+        argv = helm_cli.build_get_manifest_argv(
+            self._settings.helm, version, release=ref.kdu_instance, namespace=_ns(ref)
+        )
+        res = await self._run_ok(argv, env, f"helm get manifest {ref.kdu_instance}")
+        wanted: dict[str, set[str]] = {}
+        for namespace, name in helm_cli.parse_manifest_services(res.stdout, _ns(ref)):
+            wanted.setdefault(namespace, set()).add(name)
+        found = []
+        for namespace, names in sorted(wanted.items()):
+            kargv = kubectl_cli.build_get_services_argv(self._settings.kubectl, namespace=namespace)
+            kres = await self._run_ok(kargv, env, f"kubectl get services -n {namespace}")
+            found += kubectl_cli.parse_services(kres.stdout, names=names, namespace=namespace)
+        return KduServicesResult(kdu_instance=ref.kdu_instance, namespace=_ns(ref), services=found)
+
+    # -- mutating activities -----------------------------------------------------------------------
+
+    @activity.defn(name=ACTIVITY_NAMES["install"])
+    @_boundary
+    async def install(self, inp: HelmInstallInput) -> ReleaseInfo:
+        """Install the chart; idempotent for one ``operation_id``.
+
+        Observes first: absent -> install; deployed by this operation -> return it; pending or
+        failed from this operation -> uninstall (wait), then install; any other release of that
+        name -> ``ReleaseNameInUse`` (non-retryable). Without ``operation_id`` every existing
+        release is someone else's.
+
+        Raises (as ApplicationError): ReleaseFailed (helm wrote a failed revision, or an atomic
+        install was removed again; details revision/status/description), ReleaseNameInUse,
+        InvalidInput, ChartNotFound, RenderFailed, InvalidResource, ... (classified).
+        """
+        ref = inp.ref
+        chart = helm_cli.parse_kdu_model(inp.chart, inp.version, self._settings.charts_dir)
+        values = helm_cli.build_values_stdin(inp.values)
+        secrets = helm_cli.secret_strings(inp.values)
+        env = await self._env(ref.cluster_uuid)
+        version = await self._version(env)
+        argv = helm_cli.build_install_argv(
+            self._settings.helm,
+            version,
+            release=ref.kdu_instance,
+            chart=chart,
+            namespace=_ns(ref),
+            timeout=inp.timeout,
+            atomic=inp.atomic,
+            wait=inp.wait,
+            create_namespace=inp.create_namespace,
+            labels={**inp.labels, **op_marker(inp.operation_id)},
+        )
+        before = await self._history(env, version, ref)
+        if before:
+            latest = before[-1]
+            if not await self._carries_marker(env, version, ref, inp.operation_id):
+                raise ReleaseNameInUse(
+                    f"kdu_instance: release {ref.kdu_instance!r} already exists in namespace {_ns(ref)!r} "
+                    f"(revision {latest.revision}, {latest.status}) and was not installed by this operation",
+                    details={"revision": latest.revision, "status": latest.status},
+                )
+            if latest.status not in (
+                ReleaseStatus.PENDING_INSTALL.value,
+                ReleaseStatus.FAILED.value,
+                ReleaseStatus.UNINSTALLING.value,
+                ReleaseStatus.UNINSTALLED.value,
+            ):
+                activity.logger.info("release %s already installed by this operation", ref.kdu_instance)
+                return await self._observe(env, version, ref)
+            activity.logger.info("removing %s left %s by an earlier attempt", ref.kdu_instance, latest.status)
+            await self._uninstall(env, version, ref, inp.timeout, wait=True)
+            before = []
+        res = await self._run(argv, env, timeout=inp.timeout + RUNNER_MARGIN, stdin=values, secrets=secrets)
+        if not res.ok:
+            raise await self._failure(env, version, ref, res, before, "install", secrets)
+        return helm_cli.parse_release(res.stdout).info()
+
+    @activity.defn(name=ACTIVITY_NAMES["upgrade"])
+    @_boundary
+    async def upgrade(self, inp: HelmUpgradeInput) -> ReleaseInfo:
+        """Upgrade the release; idempotent for one ``operation_id``.
+
+        - latest revision newer than ``expected_revision`` and labelled by this operation:
+          deployed -> return it; failed -> ``UpgradeFailed``; pending-upgrade/pending-rollback
+          (our helm was killed) -> roll back to the last deployed revision, then upgrade again;
+        - pending-* of another operation -> ``OperationInProgress`` (retryable);
+        - ``chart`` "" -> the chart the release runs, found in the cluster's repositories or
+          the charts directory by name and version (``ChartNotFound`` otherwise).
+
+        Raises (as ApplicationError): UpgradeFailed / UpgradeRolledBack (details revision,
+        status, description, failed_revision, restored_revision), ReleaseNotFound, ... (classified).
+        """
+        ref = inp.ref
+        values = helm_cli.build_values_stdin(inp.values, inp.set_values)
+        secrets = helm_cli.secret_strings(inp.values) + helm_cli.secret_strings(inp.set_values)
+        env = await self._env(ref.cluster_uuid)
+        version = await self._version(env)
+        chart = (
+            helm_cli.parse_kdu_model(inp.chart, inp.version, self._settings.charts_dir)
+            if inp.chart
+            else await self._current_chart(env, version, ref, inp.version)
+        )
+        argv = helm_cli.build_upgrade_argv(
+            self._settings.helm,
+            version,
+            release=ref.kdu_instance,
+            chart=chart,
+            namespace=_ns(ref),
+            timeout=inp.timeout,
+            reuse_values=inp.reuse_values,
+            reset_values=inp.reset_values,
+            force=inp.force,
+            atomic=inp.atomic,
+            wait=inp.wait,
+            labels=op_marker(inp.operation_id),
+        )
+        before = await self._history(env, version, ref)
+        if not before:
+            raise ReleaseNotFound(f"kdu_instance: release {ref.kdu_instance!r} not found in {_ns(ref)!r}")
+        latest = before[-1]
+        ours = latest.revision > inp.expected_revision and await self._carries_marker(
+            env, version, ref, inp.operation_id
+        )
+        if ours and latest.status == ReleaseStatus.DEPLOYED.value:
+            activity.logger.info("release %s already upgraded by this operation", ref.kdu_instance)
+            return await self._observe(env, version, ref)
+        if ours and latest.status == ReleaseStatus.FAILED.value:
+            details = {
+                "revision": latest.revision,
+                "status": latest.status,
+                "description": latest.description,
+            }
+            raise UpgradeFailed(f"helm upgrade {ref.kdu_instance}: {latest.description}", details=details)
+        if (
+            latest.status in (ReleaseStatus.PENDING_UPGRADE.value, ReleaseStatus.PENDING_ROLLBACK.value)
+            and ours
+        ):
+            await self._unlock(env, version, ref, before, inp.timeout)
+            before = await self._history(env, version, ref)
+        elif ReleaseStatus(latest.status).is_pending:
+            raise OperationInProgress(
+                f"release {ref.kdu_instance!r} is {latest.status} (revision {latest.revision}): "
+                "another operation holds it",
+                details={"revision": latest.revision, "status": latest.status},
+            )
+        res = await self._run(argv, env, timeout=inp.timeout + RUNNER_MARGIN, stdin=values, secrets=secrets)
+        if not res.ok:
+            raise await self._failure(env, version, ref, res, before, "upgrade", secrets)
+        return helm_cli.parse_release(res.stdout).info()
+
+    async def _unlock(
+        self,
+        env: Mapping[str, str],
+        version: HelmVersion,
+        ref: ReleaseRef,
+        history: list[RevisionInfo],
+        timeout: int,
+    ) -> None:
+        """Roll a pending-upgrade/-rollback left by our killed helm back to the last deployed revision."""
+        target = _last_deployed(history[:-1])
+        if target is None:
+            raise OperationInProgress(
+                f"release {ref.kdu_instance!r} is pending with no deployed revision to restore"
+            )
+        activity.logger.info(
+            "rolling %s back to revision %s to clear %s", ref.kdu_instance, target, history[-1].status
+        )
+        res = await self._rollback(env, version, ref, target, timeout, wait=True)
+        if not res.ok:
+            raise await self._failure(env, version, ref, res, history, "rollback")
+
+    async def _current_chart(
+        self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef, chart_version: str
+    ) -> ChartRef:
+        """The chart the release runs, as a reference helm can upgrade from."""
+        argv = helm_cli.build_get_metadata_argv(
+            self._settings.helm, version, release=ref.kdu_instance, namespace=_ns(ref)
+        )
+        meta = helm_cli.parse_get_metadata((await self._run_ok(argv, env, "helm get metadata")).stdout)
+        name, want = str(meta.get("chart") or ""), chart_version or str(meta.get("version") or "")
+        sargv = helm_cli.build_search_repo_argv(
+            self._settings.helm, version, chart_name=name, chart_version=want
+        )
+        sres = await self._run(sargv, env)
+        # "no repositories configured" is an ordinary answer here: fall through to the charts dir.
+        entries = helm_cli.parse_search_repo(sres.stdout) if sres.ok else []
+        hits = [e["name"] for e in entries if e.get("name", "").endswith("/" + name)]
+        if len(hits) == 1:
+            return ChartRef("repo", hits[0], want, hits[0].split("/")[0])
+        charts_dir = self._settings.charts_dir
+        for candidate in (f"{name}-{want}.tgz", name):
+            if charts_dir is not None and (charts_dir / candidate).exists():
+                local = helm_cli.parse_kdu_model(candidate, "", charts_dir)
+                if candidate.endswith(".tgz") or _local_chart_version(Path(local.chart)) == want:
+                    return local
+        raise ChartNotFound(
+            f"chart: release {ref.kdu_instance!r} runs {name}-{want}, which "
+            + ("several repositories provide" if len(hits) > 1 else "no configured repository provides")
+            + "; pass kdu_model explicitly"
+        )
+
+    @activity.defn(name=ACTIVITY_NAMES["rollback"])
+    @_boundary
+    async def rollback(self, inp: HelmRollbackInput) -> ReleaseInfo:
+        """Roll back to the explicit ``inp.revision``; a retry finding "Rollback to N" deployed returns it.
+
+        Raises (as ApplicationError): RollbackFailed (helm wrote a failed revision), ReleaseNotFound,
+        InvalidInput (revision unknown or <= 0), ... (classified).
+        """
+        ref = inp.ref
+        if inp.revision <= 0:
+            raise InvalidInput(f"revision: must be an explicit revision > 0, got {inp.revision}")
+        env = await self._env(ref.cluster_uuid)
+        version = await self._version(env)
+        before = await self._history(env, version, ref)
+        if not before:
+            raise ReleaseNotFound(f"kdu_instance: release {ref.kdu_instance!r} not found in {_ns(ref)!r}")
+        if inp.revision not in {h.revision for h in before}:
+            raise InvalidInput(
+                f"revision: release {ref.kdu_instance!r} has no revision {inp.revision} in its history"
+            )
+        latest = before[-1]
+        if (
+            latest.status == ReleaseStatus.DEPLOYED.value
+            and latest.description == f"Rollback to {inp.revision}"
+        ):
+            return await self._observe(env, version, ref)
+        res = await self._rollback(env, version, ref, inp.revision, inp.timeout, inp.wait)
+        if not res.ok:
+            raise await self._failure(env, version, ref, res, before, "rollback")
+        return await self._observe(env, version, ref)
+
+    @activity.defn(name=ACTIVITY_NAMES["uninstall"])
+    @_boundary
+    async def uninstall(self, inp: HelmUninstallInput) -> UninstallOutcome:
+        """Uninstall (purging history); an absent release is a success with ``existed=False``.
+
+        pending-* releases are not absent: they are uninstalled too.
+        """
+        ref = inp.ref
+        env = await self._env(ref.cluster_uuid)
+        version = await self._version(env)
+        before = await self._history(env, version, ref)
+        if not before:
+            return UninstallOutcome(
+                ref.kdu_instance, _ns(ref), existed=False, status_before=ReleaseStatus.ABSENT.value
+            )
+        await self._uninstall(env, version, ref, inp.timeout, inp.wait)
+        return UninstallOutcome(ref.kdu_instance, _ns(ref), existed=True, status_before=before[-1].status)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _scratch_env(self) -> dict[str, str]:
+        """A private helm environment for cluster-less inspection (``--repo`` or OCI charts)."""
+        root = Path(self._settings.state_dir) / "inspect"
+        for sub in (".config/helm", ".cache/helm", ".local/share/helm"):
+            (root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        return {
+            "HOME": str(root),
+            "HELM_CONFIG_HOME": str(root / ".config/helm"),
+            "HELM_CACHE_HOME": str(root / ".cache/helm"),
+            "HELM_DATA_HOME": str(root / ".local/share/helm"),
+            "NO_COLOR": "1",
+            "PATH": os.pathsep.join(
+                dict.fromkeys([str(Path(self._settings.helm).parent), "/usr/local/bin", "/usr/bin", "/bin"])
+            ),
+        }
+
+
+def _info(ref: ReleaseRef, history: Sequence[RevisionInfo]) -> ReleaseInfo:
+    if not history:
+        return ReleaseInfo(ref.kdu_instance, _ns(ref), status=ReleaseStatus.ABSENT.value)
+    latest = history[-1]
+    return ReleaseInfo(
+        kdu_instance=ref.kdu_instance,
+        namespace=_ns(ref),
+        revision=latest.revision,
+        status=latest.status,
+        description=latest.description,
+        chart=latest.chart,
+        app_version=latest.app_version,
+    )
+
+
+def _ns(ref: ReleaseRef) -> str:
+    return ref.namespace or "default"
+
+
+def _last_deployed(history: Iterable[RevisionInfo]) -> int | None:
+    """Newest revision that was live at some point (deployed, or superseded by a later one)."""
+    live = {ReleaseStatus.DEPLOYED.value, ReleaseStatus.SUPERSEDED.value}
+    revisions = [h.revision for h in history if h.status in live]
+    return max(revisions) if revisions else None
+
+
+def _local_chart_version(path: Path) -> str:
+    import yaml
+
+    try:
+        return str((yaml.safe_load((path / "Chart.yaml").read_text()) or {}).get("version") or "")
+    except (OSError, yaml.YAMLError):
+        return ""
+
+
+def _inspect_chart(inp: InspectInput, charts_dir: Path | None) -> ChartRef:
+    if not inp.repo_url:
+        return helm_cli.parse_kdu_model(inp.chart, inp.version, charts_dir)
+    name, _, suffix = inp.chart.partition(":")
+    name = name.rsplit("/", 1)[-1]  # "stable/x" with an explicit repo URL: the chart is "x" (N2VC E.8)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+        raise InvalidInput(f"kdu_model: {inp.chart!r} is not a chart name to look up in repo_url")
+    return ChartRef("repo", name, inp.version or helm_cli.check_chart_version(suffix, "kdu_model"))

@@ -1,0 +1,457 @@
+"""ReleaseActivities against the REAL helm 3 and helm 4 binaries and a sandbox cluster.
+
+Scenario tests run each activity through ``ActivityEnvironment`` (heartbeats and cancellation as in a
+worker) and check idempotency the way Temporal exercises it: calling an activity again with the same
+input converges to the same result. A few branch tests use a recording fake runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities import helm_cli
+from activities.models import (
+    GetValuesInput,
+    HelmInstallInput,
+    HelmRollbackInput,
+    HelmUninstallInput,
+    HelmUpgradeInput,
+    InspectInput,
+    ListReleasesInput,
+    ReleaseRef,
+    RevisionInfo,
+)
+from activities.release import OP_LABEL, ReleaseActivities, op_marker
+from activities.runner import ProcessResult, Runner
+from kduflow.config import Settings
+
+try:
+    from sandbox import SandboxCluster
+except ImportError as exc:  # the sandbox area ships it; without it only the fake-runner tests run
+    SandboxCluster = None  # type: ignore[assignment,misc]
+    SANDBOX_MISSING = f"sandbox.SandboxCluster cannot be imported: {exc}"
+else:
+    SANDBOX_MISSING = ""
+
+CHARTS = Path(__file__).resolve().parent / "charts"
+needs_sandbox = pytest.mark.skipif(SandboxCluster is None, reason=SANDBOX_MISSING or "sandbox available")
+
+
+@dataclass(frozen=True)
+class FakeEnv:
+    env: dict[str, str]
+
+
+class Envs:
+    """Stands in for ClusterEnvs: one fixed environment for every cluster_uuid."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.asked: list[str] = []
+
+    async def get(self, cluster_uuid: str) -> FakeEnv:
+        self.asked.append(cluster_uuid)
+        return FakeEnv(self.env)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    if SandboxCluster is None:
+        pytest.skip(SANDBOX_MISSING)
+    with SandboxCluster(ready_delay=0.2, lb_delay=0.2) as c:
+        yield c
+
+
+@pytest.fixture
+def kube_env(cluster: Any, tools: Any, tmp_path: Path) -> dict[str, str]:
+    kubeconfig = cluster.write_kubeconfig(tmp_path / ".kube" / "config")
+    return {
+        "HOME": str(tmp_path),
+        "KUBECONFIG": str(kubeconfig),
+        "HELM_CONFIG_HOME": str(tmp_path / ".config" / "helm"),
+        "HELM_CACHE_HOME": str(tmp_path / ".cache" / "helm"),
+        "HELM_DATA_HOME": str(tmp_path / ".local" / "share" / "helm"),
+        "NO_COLOR": "1",
+        "PATH": f"{tools.helm.parent}:/usr/bin:/bin",
+    }
+
+
+@pytest.fixture
+def acts(tools: Any, kube_env: dict[str, str], tmp_path: Path) -> ReleaseActivities:
+    settings = Settings(
+        helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path / "state", charts_dir=CHARTS
+    )
+    return ReleaseActivities(settings, Envs(kube_env), heartbeat_every=0.2)
+
+
+def ref_for(tools: Any, name: str) -> ReleaseRef:
+    return ReleaseRef("cluster-1", f"{name}-{tools.dialect}", f"ns-{tools.dialect}")
+
+
+async def app_error(coro: Any) -> ApplicationError:
+    with pytest.raises(ApplicationError) as info:
+        await coro
+    return info.value
+
+
+def helm(tools: Any, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(tools.helm), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+@needs_sandbox
+async def test_release_lifecycle_is_idempotent_at_every_step(acts: ReleaseActivities, tools: Any) -> None:
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "life")
+
+    assert (await env.run(acts.history, ref)).entries == []
+    absent = await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=30))
+    assert (absent.existed, absent.status_before) == (False, "absent")
+
+    inst = HelmInstallInput(
+        ref,
+        chart="webapp",
+        values={"message": "one"},
+        timeout=60,
+        operation_id="op-install",
+        labels={"team": "kdu"},
+    )
+    installed = await env.run(acts.install, inst)
+    assert (installed.revision, installed.status, installed.chart) == (1, "deployed", "webapp-0.1.0")
+    assert await env.run(acts.install, inst) == installed  # a retry returns the same release
+
+    foreign = await app_error(
+        env.run(acts.install, HelmInstallInput(ref, chart="webapp", operation_id="other"))
+    )
+    assert (foreign.type, foreign.non_retryable) == ("ReleaseNameInUse", True)
+
+    up = HelmUpgradeInput(
+        ref, chart="webapp", values={"message": "two"}, timeout=60, operation_id="op-up", expected_revision=1
+    )
+    upgraded = await env.run(acts.upgrade, up)
+    assert (upgraded.revision, upgraded.status, upgraded.description) == (2, "deployed", "Upgrade complete")
+    assert await env.run(acts.upgrade, up) == upgraded  # no third revision on retry
+
+    # Values-only upgrade: chart "" resolves to the chart the release runs (here from the charts dir).
+    scaled = await env.run(
+        acts.upgrade,
+        HelmUpgradeInput(
+            ref, set_values={"replicaCount": 2}, timeout=60, operation_id="op-scale", expected_revision=2
+        ),
+    )
+    assert (scaled.revision, scaled.chart) == (3, "webapp-0.1.0")
+    values = await env.run(acts.get_values, GetValuesInput(ref))
+    assert values.values == {"message": "two", "replicaCount": 2}  # reuse_values kept "two"
+    assert (await env.run(acts.get_values, GetValuesInput(ref, all_values=True))).values["image"][
+        "tag"
+    ] == "3.9"
+
+    rolled = await env.run(
+        acts.rollback, HelmRollbackInput(ref, revision=1, timeout=60, operation_id="op-rb")
+    )
+    assert (rolled.revision, rolled.status, rolled.description) == (4, "deployed", "Rollback to 1")
+    assert await env.run(acts.rollback, HelmRollbackInput(ref, revision=1, timeout=60)) == rolled
+
+    listed = await env.run(acts.list_releases, ListReleasesInput("cluster-1", name=ref.kdu_instance))
+    assert [(r.name, r.namespace, r.revision, r.status) for r in listed.releases] == [
+        (ref.kdu_instance, ref.namespace, 4, "deployed")
+    ]
+    history = (await env.run(acts.history, ref)).entries
+    assert [h.status for h in history] == ["superseded", "superseded", "superseded", "deployed"]
+
+    services = await env.run(acts.services, ref)
+    assert [(s.name, s.type, s.pending) for s in services.services] == [
+        (f"{ref.kdu_instance}-webapp", "ClusterIP", False)
+    ]
+    assert services.services[0].cluster_ip and services.services[0].ports[0].port == 80
+
+    removed = await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+    assert (removed.existed, removed.status_before) == (True, "deployed")
+    again = await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+    assert (again.existed, again.status_before) == (False, "absent")
+
+
+@needs_sandbox
+async def test_install_atomic_failure_is_release_failed_and_leaves_nothing(
+    acts: ReleaseActivities, tools
+) -> None:
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "atomic")
+    inp = HelmInstallInput(
+        ref, chart="webapp", values={"ready": False}, atomic=True, timeout=3, operation_id="a1"
+    )
+    err = await app_error(env.run(acts.install, inp))
+    assert (err.type, err.non_retryable) == ("ReleaseFailed", True)
+    assert err.details[0]["status"] == "absent"
+    assert "uninstalled due to" in err.message
+    assert (await env.run(acts.history, ref)).entries == []
+
+
+@needs_sandbox
+async def test_install_failure_then_retry_of_the_same_operation_converges(
+    acts: ReleaseActivities, tools
+) -> None:
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "retry")
+    failing = HelmInstallInput(
+        ref, chart="webapp", values={"ready": False}, atomic=False, timeout=3, operation_id="op-1"
+    )
+    err = await app_error(env.run(acts.install, failing))
+    assert err.type == "ReleaseFailed" and err.non_retryable
+    assert (err.details[0]["revision"], err.details[0]["status"]) == (1, "failed")
+    # Our own failed attempt is removed and installed afresh (never "name in use").
+    fixed = HelmInstallInput(ref, chart="webapp", values={"ready": True}, timeout=60, operation_id="op-1")
+    done = await env.run(acts.install, fixed)
+    assert (done.revision, done.status) == (1, "deployed")
+    await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+
+
+@needs_sandbox
+async def test_upgrade_failures_carry_revisions(acts: ReleaseActivities, tools) -> None:
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "upfail")
+    await env.run(acts.install, HelmInstallInput(ref, chart="webapp", timeout=60, operation_id="i"))
+    bad = HelmUpgradeInput(
+        ref, chart="webapp", values={"ready": False}, timeout=3, operation_id="u1", expected_revision=1
+    )
+    err = await app_error(env.run(acts.upgrade, bad))
+    assert (err.type, err.non_retryable) == ("UpgradeFailed", True)
+    assert (err.details[0]["revision"], err.details[0]["status"]) == (2, "failed")
+    # A retry of the same operation reports the same failure instead of upgrading again.
+    again = await app_error(env.run(acts.upgrade, bad))
+    assert (again.type, again.details[0]["revision"]) == ("UpgradeFailed", 2)
+
+    atomic = HelmUpgradeInput(
+        ref,
+        chart="webapp",
+        values={"ready": False},
+        timeout=3,
+        atomic=True,
+        operation_id="u2",
+        expected_revision=2,
+    )
+    rolled = await app_error(env.run(acts.upgrade, atomic))
+    assert (rolled.type, rolled.non_retryable) == ("UpgradeRolledBack", True)
+    assert rolled.details[0]["failed_revision"] == 3
+    assert rolled.details[0]["status"] == "deployed"
+    assert rolled.details[0]["restored_revision"] in (1, 2)  # helm's "previous" deployed revision
+    await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+
+
+@needs_sandbox
+async def test_upgrade_recovers_a_pending_upgrade_left_by_its_own_killed_helm(
+    acts: ReleaseActivities, tools, kube_env
+) -> None:
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "pending")
+    await env.run(acts.install, HelmInstallInput(ref, chart="webapp", timeout=60, operation_id="i"))
+    version = helm_cli.HelmVersion.parse(
+        helm(tools, kube_env, "version", "--template", "{{.Version}}").stdout
+    )
+    argv = helm_cli.build_upgrade_argv(
+        str(tools.helm),
+        version,
+        release=ref.kdu_instance,
+        chart=helm_cli.ChartRef("local", str(CHARTS / "webapp")),
+        namespace=ref.namespace,
+        timeout=60,
+        labels=op_marker("crashy"),
+    )
+    proc = subprocess.Popen(
+        argv, env=kube_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    proc.stdin.write(b'{"ready": false}')  # type: ignore[union-attr]
+    proc.stdin.close()  # type: ignore[union-attr]
+    for _ in range(100):
+        out = helm(tools, kube_env, "history", ref.kdu_instance, "-n", ref.namespace, "-o", "json").stdout
+        if json.loads(out)[-1]["status"] == "pending-upgrade":
+            break
+        await asyncio.sleep(0.1)
+    proc.kill()  # a worker crash: helm never records the outcome
+    proc.wait()
+    out = helm(tools, kube_env, "history", ref.kdu_instance, "-n", ref.namespace, "-o", "json").stdout
+    assert json.loads(out)[-1]["status"] == "pending-upgrade"
+
+    retry = HelmUpgradeInput(
+        ref, chart="webapp", values={"ready": True}, timeout=60, operation_id="crashy", expected_revision=1
+    )
+    done = await env.run(acts.upgrade, retry)
+    assert (done.revision, done.status) == (4, "deployed")  # 2 pending -> 3 "Rollback to 1" -> 4 upgrade
+    statuses = [h.status for h in (await env.run(acts.history, ref)).entries]
+    # helm's rollback supersedes deployed revisions only: the interrupted record keeps its status.
+    assert statuses == ["superseded", "pending-upgrade", "superseded", "deployed"]
+    await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+
+
+@needs_sandbox
+async def test_cancelled_install_terminates_helm_which_records_failed_not_pending(
+    acts: ReleaseActivities, tools
+) -> None:
+    env = ActivityEnvironment()
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *d: beats.append(d)
+    ref = ref_for(tools, "cancel")
+    # Not atomic: an atomic install would uninstall itself on SIGTERM (also never pending).
+    inp = HelmInstallInput(
+        ref, chart="webapp", values={"ready": False}, atomic=False, timeout=120, operation_id="c"
+    )
+    task = asyncio.create_task(env.run(acts.install, inp))
+    probe = ActivityEnvironment()
+    for _ in range(100):
+        entries = (await probe.run(acts.history, ref)).entries
+        if entries and entries[-1].status == "pending-install":
+            break
+        await asyncio.sleep(0.1)
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert beats, "the runner heartbeats while helm runs"
+    entries = (await probe.run(acts.history, ref)).entries
+    assert [e.status for e in entries] == ["failed"]  # helm got SIGTERM and recorded the failure
+    # The next attempt of the same operation cleans its own failed release up.
+    done = await probe.run(acts.install, HelmInstallInput(ref, chart="webapp", timeout=60, operation_id="c"))
+    assert (done.revision, done.status) == (1, "deployed")
+    await probe.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+
+
+@needs_sandbox
+async def test_read_activity_errors_are_classified(acts: ReleaseActivities, tools) -> None:
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "nope")
+    err = await app_error(env.run(acts.get_values, GetValuesInput(ref)))
+    assert (err.type, err.non_retryable) == ("ReleaseNotFound", True)
+    err = await app_error(env.run(acts.rollback, HelmRollbackInput(ref, revision=1)))
+    assert err.type == "ReleaseNotFound"
+    err = await app_error(env.run(acts.install, HelmInstallInput(ref, chart="broken", timeout=30)))
+    assert (err.type, err.non_retryable) == ("RenderFailed", True)
+    assert "mustSet is required" in err.message
+    err = await app_error(env.run(acts.install, HelmInstallInput(ref, chart="../etc", timeout=30)))
+    assert (err.type, err.non_retryable) == ("InvalidInput", True)
+    err = await app_error(env.run(acts.install, HelmInstallInput(ref, chart="norepo/webapp", timeout=30)))
+    assert (err.type, err.non_retryable) == ("ChartNotFound", True)
+
+
+async def test_inspect_local_chart_without_cluster(tools: Any, tmp_path: Path) -> None:
+    settings = Settings(
+        helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path, charts_dir=CHARTS
+    )
+    envs = Envs({})
+    acts = ReleaseActivities(settings, envs)
+    result = await ActivityEnvironment().run(acts.inspect, InspectInput(cluster_uuid="", chart="webapp"))
+    assert (result.chart["name"], result.chart["version"]) == ("webapp", "0.1.0")
+    assert "replicaCount: 1" in result.values
+    assert result.readme.strip()
+    assert envs.asked == []  # no cluster needed
+    err = await app_error(
+        ActivityEnvironment().run(acts.inspect, InspectInput(cluster_uuid="", chart="emu/webapp"))
+    )
+    assert (err.type, err.non_retryable) == ("InvalidInput", True)
+
+
+# ------------------------------------------------------------------------------ fake-runner branch tests
+
+
+class FakeRunner(Runner):
+    """Answers by helm verb from a table and records every argv and stdin."""
+
+    def __init__(self, answers: dict[str, list[tuple[int, str, str]]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[list[str], bytes | None]] = []
+
+    async def run(self, argv, *, env, stdin=None, timeout, heartbeat_every=5.0, term_grace=10.0, secrets=()):
+        self.calls.append((list(argv), stdin))
+        verb = argv[1]
+        queue = self.answers[verb]
+        rc, out, err = queue.pop(0) if len(queue) > 1 else queue[0]
+        return ProcessResult(" ".join(argv), rc, out.encode(), err.encode(), 0.01)
+
+    def verbs(self) -> list[str]:
+        return [c[0][1] for c in self.calls]
+
+
+def history_json(*entries: tuple[int, str]) -> str:
+    return json.dumps([RevisionInfo(r, s, "webapp-0.1.0", "1.0.0", "d").__dict__ for r, s in entries])
+
+
+def fake_acts(
+    answers: dict[str, list[tuple[int, str, str]]], tmp_path: Path
+) -> tuple[ReleaseActivities, FakeRunner]:
+    runner = FakeRunner({"version": [(0, "v4.3.1", "")], **answers})
+    settings = Settings(helm="helm", kubectl="kubectl", state_dir=tmp_path, charts_dir=None)
+    return ReleaseActivities(settings, Envs({"KUBECONFIG": "/k"}), runner), runner
+
+
+async def test_upgrade_of_a_release_pending_for_another_operation_is_retryable(tmp_path: Path) -> None:
+    acts, runner = fake_acts(
+        {
+            "history": [(0, history_json((1, "deployed"), (2, "pending-upgrade")), "")],
+            "list": [(0, "[]", "")],
+        },
+        tmp_path,
+    )
+    inp = HelmUpgradeInput(
+        ReleaseRef("c", "demo", "ns"), chart="emu/webapp", operation_id="mine", expected_revision=1
+    )
+    err = await app_error(ActivityEnvironment().run(acts.upgrade, inp))
+    assert (err.type, err.non_retryable) == ("OperationInProgress", False)
+    assert "upgrade" not in runner.verbs()
+
+
+async def test_install_sends_values_on_stdin_only_and_labels_the_operation(tmp_path: Path) -> None:
+    release = {"name": "demo", "namespace": "ns", "version": 1, "info": {"status": "deployed"}}
+    acts, runner = fake_acts(
+        {
+            "history": [(1, "", "Error: release: not found")],
+            "install": [(0, json.dumps(release), "WARNING: something deprecated")],
+        },
+        tmp_path,
+    )
+    inp = HelmInstallInput(
+        ReleaseRef("c", "demo", "ns"),
+        chart="emu/webapp:1.0.0",
+        values={"password": "s3cr3t!"},
+        operation_id="wf/1",
+    )
+    info = await ActivityEnvironment().run(acts.install, inp)
+    assert (info.revision, info.status) == (1, "deployed")
+    argv, stdin = next(c for c in runner.calls if c[0][1] == "install")
+    assert json.loads(stdin or b"") == {"password": "s3cr3t!"}
+    assert not any("s3cr3t" in a for a in argv)
+    assert argv[argv.index("--version") + 1] == "1.0.0"
+    assert argv[argv.index("--labels") + 1] == f"{OP_LABEL}={op_marker('wf/1')[OP_LABEL]}"
+
+
+async def test_failure_messages_never_contain_values(tmp_path: Path) -> None:
+    acts, _ = fake_acts(
+        {
+            "history": [(1, "", "Error: release: not found")],
+            "install": [(1, "", "Error: INSTALLATION FAILED: parse error: value hunter2-secret bad")],
+        },
+        tmp_path,
+    )
+    inp = HelmInstallInput(ReleaseRef("c", "demo", "ns"), chart="emu/webapp", values={"pw": "hunter2-secret"})
+    err = await app_error(ActivityEnvironment().run(acts.install, inp))
+    assert err.type == "RenderFailed"
+    assert "hunter2-secret" not in err.message and "<redacted>" in err.message
+
+
+async def test_version_is_probed_once_per_binary(tmp_path: Path) -> None:
+    acts, runner = fake_acts({"history": [(1, "", "Error: release: not found")]}, tmp_path)
+    for _ in range(3):
+        await ActivityEnvironment().run(acts.history, ReleaseRef("c", "demo", "ns"))
+    assert runner.verbs().count("version") == 1
+
+
+async def test_unsupported_helm_is_non_retryable(tmp_path: Path) -> None:
+    acts, _ = fake_acts({"version": [(0, "v4.1.4", "")]}, tmp_path)
+    err = await app_error(ActivityEnvironment().run(acts.history, ReleaseRef("c", "demo", "ns")))
+    assert (err.type, err.non_retryable) == ("UnsupportedHelm", True)
