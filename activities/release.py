@@ -20,6 +20,7 @@ failures before any revision are classified from stderr (retryable or not).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities import helm_cli, kubectl_cli
 from activities.errors import (
@@ -86,6 +88,12 @@ class _Envs(Protocol):
     async def get(self, cluster_uuid: str) -> Any: ...
 
 
+class _Charts(Protocol):
+    async def ensure_chart_available(self, env: Any, repo: str, chart: str, version: str = "") -> str: ...
+
+    async def sync_env(self, env: Any) -> Any: ...
+
+
 class _Settings(Protocol):
     helm: str
     kubectl: str
@@ -127,12 +135,22 @@ class ReleaseActivities:
         runner: the process runner (tests inject one).
         heartbeat_every: seconds between heartbeats while a helm/kubectl process runs (the SDK
             throttles what reaches the server to 0.8 x the heartbeat timeout).
+        charts: the cluster repositories (``activities.repos.ChartRepos``): a "repo/chart" reference
+            is checked against the repository index, which is refreshed only when stale or missing
+            the chart/version, and an OCI repository name is turned into its oci:// reference.
     """
 
     def __init__(
-        self, settings: _Settings, envs: _Envs, runner: Runner | None = None, *, heartbeat_every: float = 5.0
+        self,
+        settings: _Settings,
+        envs: _Envs,
+        runner: Runner | None = None,
+        *,
+        heartbeat_every: float = 5.0,
+        charts: _Charts | None = None,
     ) -> None:
         self._settings = settings
+        self._charts = charts
         self._heartbeat_every = heartbeat_every
         self._envs = envs
         self._runner = runner or Runner()
@@ -143,6 +161,16 @@ class ReleaseActivities:
 
     async def _env(self, cluster_uuid: str) -> dict[str, str]:
         return dict((await self._envs.get(cluster_uuid)).env)
+
+    async def _available(self, cluster_uuid: str, chart: ChartRef) -> ChartRef:
+        """Make a "repo/chart" reference installable on this worker (see ``charts`` above)."""
+        if chart.kind != "repo" or self._charts is None:
+            return chart
+        name = chart.chart.split("/", 1)[1]
+        resolved = await self._charts.ensure_chart_available(
+            await self._envs.get(cluster_uuid), chart.repo, name, chart.version
+        )
+        return ChartRef("oci", resolved, chart.version) if resolved.startswith("oci://") else chart
 
     async def _version(self, env: Mapping[str, str]) -> HelmVersion:
         """The helm version, probed once per binary path."""
@@ -358,6 +386,8 @@ class ReleaseActivities:
         chart = _inspect_chart(inp, self._settings.charts_dir)
         if chart.kind == "repo" and not inp.repo_url and not inp.cluster_uuid:
             raise InvalidInput("cluster_uuid: required to resolve a repo/chart reference (or give repo_url)")
+        if not inp.repo_url and inp.cluster_uuid:
+            chart = await self._available(inp.cluster_uuid, chart)
 
         async def show(what: str) -> str:
             argv = helm_cli.build_show_argv(
@@ -417,6 +447,7 @@ class ReleaseActivities:
         values = helm_cli.build_values_stdin(inp.values)
         secrets = helm_cli.secret_strings(inp.values)
         env = await self._env(ref.cluster_uuid)
+        chart = await self._available(ref.cluster_uuid, chart)
         version = await self._version(env)
         argv = helm_cli.build_install_argv(
             self._settings.helm,
@@ -475,10 +506,11 @@ class ReleaseActivities:
         secrets = helm_cli.secret_strings(inp.values) + helm_cli.secret_strings(inp.set_values)
         env = await self._env(ref.cluster_uuid)
         version = await self._version(env)
-        chart = (
+        chart = await self._available(
+            ref.cluster_uuid,
             helm_cli.parse_kdu_model(inp.chart, inp.version, self._settings.charts_dir)
             if inp.chart
-            else await self._current_chart(env, version, ref, inp.version)
+            else await self._current_chart(env, version, ref, inp.version),
         )
         argv = helm_cli.build_upgrade_argv(
             self._settings.helm,
@@ -558,6 +590,13 @@ class ReleaseActivities:
         )
         meta = helm_cli.parse_get_metadata((await self._run_ok(argv, env, "helm get metadata")).stdout)
         name, want = str(meta.get("chart") or ""), chart_version or str(meta.get("version") or "")
+        if self._charts is not None:
+            # `helm search repo` reads the cached indexes: bring this worker's copies up to date first.
+            cluster_env = await self._envs.get(ref.cluster_uuid)
+            for repo in (await self._charts.sync_env(cluster_env)).configured.values():
+                if not repo.oci:
+                    with contextlib.suppress(ApplicationError):
+                        await self._charts.ensure_chart_available(cluster_env, repo.name, name, want)
         sargv = helm_cli.build_search_repo_argv(
             self._settings.helm, version, chart_name=name, chart_version=want
         )

@@ -8,7 +8,6 @@ kubectl default to the pinned helm 4 binaries fetched into ``tools/``. Ctrl-C st
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os

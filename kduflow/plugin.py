@@ -47,7 +47,7 @@ class KduflowPlugin(SimplePlugin):
         self.repos = RepoActivities(self.settings, None, self.store)
         self.envs = ClusterEnvs(self.settings, self.store, secretbox, on_materialise=self.repos.materialise)
         self.repos.envs = self.envs
-        self.release = ReleaseActivities(self.settings, self.envs)
+        self.release = ReleaseActivities(self.settings, self.envs, charts=self.repos.charts)
         self.status = StatusActivities(self.settings, self.envs, self.store)
         self.clusters = ClusterActivities(self.settings, self.envs, self.store)
         super().__init__(

@@ -1,0 +1,285 @@
+"""Workflow-side plumbing shared by the KDU workflows: activity options, error helpers, small calls.
+
+Everything here runs inside workflow code, so it is deterministic: no I/O, no clocks, no randomness
+outside ``workflow.*``. Activities are called by *name* (``ACTIVITY_NAMES``) so tests can register
+mocks under the same names and so this package never imports the activity implementations.
+
+Option sets and why they differ:
+
+* **helm** (install/upgrade/rollback/uninstall): ``start_to_close`` is helm's ``--timeout`` plus a
+  margin (chart pull, render, hooks all come on top of the wait), a heartbeat timeout because the
+  runner heartbeats while helm runs and cancellation only reaches an activity through heartbeats,
+  and ``WAIT_CANCELLATION_COMPLETED`` so a compensating rollback can never overlap a still-running
+  ``helm upgrade`` (anchors 6.1). Retries are few: a retry of a mutating helm call is only safe
+  because the activity recognises its own ``operation_id``, and helm's own failures come back as
+  non-retryable ``ReleaseFailed``.
+* **read** (history/list/values/services/inspect): short, several retries, no heartbeat timeout
+  (a one-shot helm read need not heartbeat).
+* **status** (final ``kdu.status`` write): short and few retries: it is best effort, the helm
+  outcome is what the workflow reports.
+* **poller** (``kdu.poll_status``): lives as long as the helm call, heartbeats, is cancelled when
+  helm returns; ``schedule_to_close`` bounds it even if a cancel were lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import (
+        ACTIVITY_NAMES,
+        ListReleasesInput,
+        ListReleasesResult,
+        ReleaseRef,
+        ReleaseSummary,
+    )
+
+from workflows.validation import InvalidInputError
+
+T = TypeVar("T")
+
+#: Namespace used when an install names none (N2VC's helm3 status defaulted to kube-system: E.15).
+DEFAULT_NAMESPACE = "default"
+
+#: ApplicationError types that no retry can fix (ARCHITECTURE.md "Error type names").
+NON_RETRYABLE_ERROR_TYPES = [
+    "InvalidInput",
+    "ChartNotFound",
+    "RenderFailed",
+    "ReleaseNotFound",
+    "InvalidResource",
+    "ReleaseNameInUse",
+    "ReleaseFailed",
+    "UpgradeRolledBack",
+    "UpgradeFailed",
+    "RollbackFailed",
+    "ReplicaKeyNotFound",
+    "ReplicaKeyAmbiguous",
+    "ClusterNotFound",
+    "CredentialsInvalid",
+    "RepoNotFound",
+    "UnsupportedHelm",
+]
+
+#: Added to helm's --timeout for the activity's start_to_close: pull + render + hooks + status read.
+HELM_MARGIN = timedelta(seconds=120)
+#: The runner heartbeats every few seconds while helm runs; 30 s tolerates a slow worker.
+HELM_HEARTBEAT = timedelta(seconds=30)
+READ_TIMEOUT = timedelta(seconds=60)
+INSPECT_TIMEOUT = timedelta(seconds=180)
+STATUS_TIMEOUT = timedelta(seconds=90)
+#: Default PollStatusInput.interval; the worker's own setting cannot be read from workflow code.
+POLL_INTERVAL = 5.0
+
+_HELM_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=4,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
+_READ_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=15),
+    maximum_attempts=5,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
+_STATUS_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
+
+
+def helm_options(timeout_s: int) -> dict[str, Any]:
+    """``execute_activity`` keyword arguments for a mutating helm activity with ``--timeout timeout_s``."""
+    return {
+        "start_to_close_timeout": timedelta(seconds=timeout_s) + HELM_MARGIN,
+        "heartbeat_timeout": HELM_HEARTBEAT,
+        "retry_policy": _HELM_RETRY,
+        "cancellation_type": workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    }
+
+
+def read_options(timeout: timedelta = READ_TIMEOUT) -> dict[str, Any]:
+    return {"start_to_close_timeout": timeout, "retry_policy": _READ_RETRY}
+
+
+def status_options() -> dict[str, Any]:
+    return {"start_to_close_timeout": STATUS_TIMEOUT, "retry_policy": _STATUS_RETRY}
+
+
+def poller_options(timeout_s: int, interval: float = POLL_INTERVAL) -> dict[str, Any]:
+    lifetime = timedelta(seconds=timeout_s) + HELM_MARGIN
+    return {
+        "start_to_close_timeout": lifetime,
+        # Retries of a crashed poller must not outlive the helm call it reports on.
+        "schedule_to_close_timeout": lifetime * 2,
+        "heartbeat_timeout": timedelta(seconds=max(30.0, 3 * interval)),
+        "retry_policy": RetryPolicy(maximum_attempts=3, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES),
+        "cancellation_type": workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+# ------------------------------------------------------------------------------------------------
+
+
+def application_cause(err: BaseException) -> ApplicationError | None:
+    """The first ApplicationError in ``err``'s cause chain (ActivityError -> ApplicationError)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ApplicationError):
+            return seen
+        seen = seen.cause if isinstance(seen, FailureError) else seen.__cause__
+    return None
+
+
+def describe_failure(err: BaseException) -> tuple[str, str, tuple[Any, ...]]:
+    """(type, message, details) of an activity failure, for re-raising with context.
+
+    An activity that ran out of time has no ApplicationError cause; it is reported as
+    ``ProcessTimeout`` because that is what it is for the caller: helm did not finish in time.
+    """
+    app = application_cause(err)
+    if app is not None:
+        return app.type or "HelmError", app.message, tuple(app.details)
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ActivityTimeoutError):
+            return "ProcessTimeout", f"activity timed out ({seen.type.name if seen.type else 'timeout'})", ()
+        seen = seen.cause if isinstance(seen, FailureError) else seen.__cause__
+    return "HelmError", str(err) or type(err).__name__, ()
+
+
+def is_workflow_cancellation(err: BaseException) -> bool:
+    """True when ``err`` is the echo of a cancellation requested for this workflow.
+
+    With WAIT_CANCELLATION_COMPLETED the awaited activity ends as ``ActivityError(CancelledError)``
+    rather than ``asyncio.CancelledError``; an activity cancelled for another reason (e.g. the
+    worker shutting down) is not a workflow cancellation and is handled as a failure.
+    """
+    return workflow.cancellation_reason() is not None and is_cancelled_exception(err)
+
+
+def failure_error(err: BaseException, context: str) -> ApplicationError:
+    """A non-retryable ApplicationError keeping the cause's type and details, message prefixed.
+
+    Workflows re-raise activity failures through this so the caller sees ``ReleaseNotFound``
+    (not a generic ``ActivityError``) and a message naming the release and the operation.
+    """
+    etype, message, details = describe_failure(err)
+    return ApplicationError(f"{context}: {message}", *details, type=etype, non_retryable=True)
+
+
+def revision_from_details(details: tuple[Any, ...]) -> int | None:
+    """The revision an activity reported in its error details (``{"revision": n}`` or a bare int)."""
+    for item in details:
+        if isinstance(item, Mapping) and isinstance(item.get("revision"), int):
+            return int(item["revision"])
+        if isinstance(item, int) and not isinstance(item, bool):
+            return item
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Cancellation, locking, ids
+# ------------------------------------------------------------------------------------------------
+
+
+async def shielded(awaitable: Awaitable[T]) -> T:
+    """Run cleanup to completion even if the workflow is cancelled (again) meanwhile.
+
+    Used for the final status write and for compensation after a cancellation: the cancel request
+    must stop helm, not the bookkeeping that tells OSM what state helm left behind.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+@asynccontextmanager
+async def release_lock(ref: ReleaseRef) -> AsyncIterator[None]:
+    """Seam for "one operation per release at a time"; a no-op for now.
+
+    Every mutating workflow wraps its body (from the first observation of the release to the last
+    status write) in this context manager. The lock will be built from Temporal primitives (e.g. a
+    per-release ``kdu-lock/<cluster>/<namespace>/<release>`` workflow acquired with
+    update-with-start and released by signal), so acquiring can wait or fail with
+    ``OperationInProgress`` here without touching the workflows' policy code.
+    """
+    del ref
+    yield
+
+
+def operation_id(step: str) -> str:
+    """Stable id of one helm step of this run; a retried activity gets the same id (idempotency)."""
+    return f"{workflow.info().run_id}/{step}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Small activity calls used by several workflows
+# ------------------------------------------------------------------------------------------------
+
+
+async def call_read(name: str, arg: Any, result_type: type[T], context: str, **options: Any) -> T:
+    """Run a read-only activity; failures become non-retryable ApplicationErrors naming ``context``."""
+    try:
+        return await workflow.execute_activity(
+            name, arg, result_type=result_type, **(options or read_options())
+        )
+    except ActivityError as err:
+        if is_workflow_cancellation(err):
+            raise
+        raise failure_error(err, context) from err
+
+
+async def find_releases(cluster_uuid: str, name: str) -> list[ReleaseSummary]:
+    """Releases called exactly ``name`` in any namespace, any status (``helm list -A -a``)."""
+    result = await call_read(
+        ACTIVITY_NAMES["list_releases"],
+        ListReleasesInput(cluster_uuid=cluster_uuid, name=name),
+        ListReleasesResult,
+        f"listing releases named {name} on cluster {cluster_uuid}",
+    )
+    # Filter again: the contract says exact name, but a substring filter would be an easy mistake.
+    return [r for r in result.releases if r.name == name]
+
+
+async def resolve_namespace(cluster_uuid: str, name: str, namespace: str) -> str | None:
+    """The namespace of release ``name``: ``namespace`` if given, else looked up on the cluster.
+
+    N2VC looked the namespace up when the caller gave none; we do too, but refuse to guess when the
+    same name exists in several namespaces. Returns None when no namespace was given and the release
+    exists nowhere. Raises InvalidInput (field ``namespace``) when the name is ambiguous.
+    """
+    if namespace:
+        return namespace
+    found = sorted({r.namespace for r in await find_releases(cluster_uuid, name)})
+    if not found:
+        return None
+    if len(found) > 1:
+        raise InvalidInputError(
+            "namespace", f"release {name} exists in namespaces {', '.join(found)}: name one"
+        )
+    return found[0]

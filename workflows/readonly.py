@@ -1,0 +1,168 @@
+"""The read-only KDU workflows: KduStatus, KduInstances, KduServices, KduValues, InspectKdu.
+
+They validate, resolve the namespace when none is given (N2VC's ``status_kdu`` looked it up too,
+but with ``helm list`` without ``--all``: E.19), and run one short activity with a few retries on
+retryable errors. They never write to MongoDB (``kdu.status`` is called without ``db_dict``), so
+they are safe to run at any time, even while a mutating workflow holds the release.
+
+Unlike N2VC (E.7) an activity failure is a failure, never data: a missing release is a
+non-retryable ``ReleaseNotFound``, not helm's error text returned as values.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.models import (
+        ACTIVITY_NAMES,
+        GetValuesInput,
+        InspectInput,
+        InspectKduInput,
+        InspectKduResult,
+        KduInstancesInput,
+        KduInstancesResult,
+        KduRefInput,
+        KduServicesResult,
+        KduStatusResult,
+        KduValuesResult,
+        ListReleasesInput,
+        ListReleasesResult,
+        ReleaseRef,
+        ReleaseStatus,
+        StatusInput,
+        ValuesResult,
+    )
+
+from workflows import common, validation
+
+FMT_NOT_FOUND_ANYWHERE = "release {name} not found in any namespace of cluster {cluster}"
+
+
+async def _ref(inp: KduRefInput) -> ReleaseRef | None:
+    namespace = await common.resolve_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
+    if namespace is None:
+        return None
+    return ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
+
+
+def _not_found(inp: KduRefInput) -> ApplicationError:
+    return ApplicationError(
+        FMT_NOT_FOUND_ANYWHERE.format(name=inp.kdu_instance, cluster=inp.cluster_uuid),
+        type="ReleaseNotFound",
+        non_retryable=True,
+    )
+
+
+@workflow.defn(name="KduStatus")
+class KduStatus:
+    """The release as stored by helm plus the readiness of its live resources."""
+
+    @workflow.run
+    async def run(self, inp: KduRefInput) -> KduStatusResult:
+        """Returns the observation; status ``absent`` when the release does not exist (not an error,
+        so a poller can watch an uninstall finish). Raises non-retryable ``InvalidInput``,
+        ``ClusterNotFound``; retryable cluster errors are retried a few times first.
+        """
+        validation.validate_ref(inp)
+        ref = await _ref(inp)
+        if ref is None:
+            return KduStatusResult(
+                kdu_instance=inp.kdu_instance,
+                namespace="",
+                status=ReleaseStatus.ABSENT.value,
+                message=FMT_NOT_FOUND_ANYWHERE.format(name=inp.kdu_instance, cluster=inp.cluster_uuid),
+            )
+        return await common.call_read(
+            ACTIVITY_NAMES["status"],
+            StatusInput(ref=ref),
+            KduStatusResult,
+            f"reading the status of {ref.namespace}/{ref.kdu_instance}",
+            **common.status_options(),
+        )
+
+
+@workflow.defn(name="KduInstances")
+class KduInstances:
+    """Every release on the cluster, all namespaces and all statuses (pending ones included)."""
+
+    @workflow.run
+    async def run(self, inp: KduInstancesInput) -> KduInstancesResult:
+        """Returns the releases sorted by namespace and name. Raises non-retryable ``InvalidInput``,
+        ``ClusterNotFound``."""
+        validation.validate_instances(inp)
+        result = await common.call_read(
+            ACTIVITY_NAMES["list_releases"],
+            ListReleasesInput(cluster_uuid=inp.cluster_uuid),
+            ListReleasesResult,
+            f"listing the releases of cluster {inp.cluster_uuid}",
+        )
+        return KduInstancesResult(releases=sorted(result.releases, key=lambda r: (r.namespace, r.name)))
+
+
+@workflow.defn(name="KduServices")
+class KduServices:
+    """The Services of a release's manifest with their live addresses (N2VC ``get_services``)."""
+
+    @workflow.run
+    async def run(self, inp: KduRefInput) -> KduServicesResult:
+        """Returns the services (LoadBalancers still pending are flagged, not an error: E.24).
+        Raises non-retryable ``InvalidInput``, ``ReleaseNotFound``, ``ClusterNotFound``."""
+        validation.validate_ref(inp)
+        ref = await _ref(inp)
+        if ref is None:
+            raise _not_found(inp)
+        return await common.call_read(
+            ACTIVITY_NAMES["services"],
+            ref,
+            KduServicesResult,
+            f"reading the services of {ref.namespace}/{ref.kdu_instance}",
+        )
+
+
+@workflow.defn(name="KduValues")
+class KduValues:
+    """The release's user-supplied values, or all computed values with ``all_values``."""
+
+    @workflow.run
+    async def run(self, inp: KduRefInput) -> KduValuesResult:
+        """Returns the values (never None). Raises non-retryable ``InvalidInput``,
+        ``ReleaseNotFound``, ``ClusterNotFound``."""
+        validation.validate_ref(inp)
+        ref = await _ref(inp)
+        if ref is None:
+            raise _not_found(inp)
+        result = await common.call_read(
+            ACTIVITY_NAMES["get_values"],
+            GetValuesInput(ref=ref, all_values=inp.all_values),
+            ValuesResult,
+            f"reading the values of {ref.namespace}/{ref.kdu_instance}",
+        )
+        return KduValuesResult(
+            kdu_instance=ref.kdu_instance, namespace=ref.namespace, values=result.values or {}
+        )
+
+
+@workflow.defn(name="InspectKdu")
+class InspectKdu:
+    """A chart's Chart.yaml, values.yaml and README (N2VC ``inspect_kdu``/``values_kdu``/``help_kdu``)."""
+
+    @workflow.run
+    async def run(self, inp: InspectKduInput) -> InspectKduResult:
+        """Returns the chart metadata. ``repo/chart`` is resolved with the cluster's repositories
+        (N2VC used none: E.8). Raises non-retryable ``InvalidInput``, ``ChartNotFound``,
+        ``RepoNotFound``, ``ClusterNotFound``."""
+        chart = validation.validate_inspect(inp)
+        result = await common.call_read(
+            ACTIVITY_NAMES["inspect"],
+            InspectInput(
+                cluster_uuid=inp.cluster_uuid, chart=chart.chart, version=chart.version, repo_url=inp.repo_url
+            ),
+            InspectKduResult,
+            f"inspecting chart {inp.kdu_model}",
+            **common.read_options(common.INSPECT_TIMEOUT),
+        )
+        # Report the model as the caller wrote it, whatever the activity echoes.
+        result.kdu_model = inp.kdu_model
+        return result
