@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from temporalio.plugin import SimplePlugin
+from temporalio.worker import WorkerConfig
 
 from activities.cluster_env import ClusterEnvs
 from activities.clusters import ClusterActivities
@@ -28,6 +30,13 @@ from workflows import KDU_WORKFLOWS
 from workflows.cluster import CLUSTER_WORKFLOWS
 
 log = logging.getLogger(__name__)
+
+#: The SDK's default cap on how often heartbeats reach the server (0.8 x heartbeat timeout, at most this).
+SDK_MAX_HEARTBEAT_THROTTLE = timedelta(seconds=60)
+#: kduflow's cap. Cancellation reaches an activity only with a heartbeat response, and the workflows
+#: wait for the status poller to stop before writing the final status; with the SDK default (24 s for a
+#: 30 s heartbeat timeout) every install would end up to 24 s late.
+HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 
 class KduflowPlugin(SimplePlugin):
@@ -61,6 +70,13 @@ class KduflowPlugin(SimplePlugin):
             ],
             run_context=self._run_context,
         )
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        """See base class. Also caps the heartbeat throttle unless the worker set its own."""
+        config = super().configure_worker(config)
+        if config.get("max_heartbeat_throttle_interval", SDK_MAX_HEARTBEAT_THROTTLE) == SDK_MAX_HEARTBEAT_THROTTLE:
+            config["max_heartbeat_throttle_interval"] = HEARTBEAT_THROTTLE
+        return config
 
     @asynccontextmanager
     async def _run_context(self) -> AsyncIterator[None]:
