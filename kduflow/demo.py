@@ -123,7 +123,7 @@ async def run_demo(args: argparse.Namespace) -> None:
     from tests.support.charts import chart_repo
 
     dialect = f"helm{args.helm}"
-    tools = ROOT / "tools" / dialect
+    helm, kubectl = ROOT / "tools" / dialect / "helm", ROOT / "tools" / dialect / "kubectl"
     workdir = Path(tempfile.mkdtemp(prefix="kduflow-demo-"))
     demo = Demo(args, workdir)
     async with AsyncExitStack() as stack:
@@ -133,11 +133,11 @@ async def run_demo(args: argparse.Namespace) -> None:
         print(f"   temporal dev server  {demo.address}" + (f"  (UI http://127.0.0.1:{args.ui_port})" if args.ui_port else ""))
         cluster = stack.enter_context(SandboxCluster(tls=True, ready_delay=1.0, lb_delay=2.0))
         print(f"   sandbox cluster      {cluster.url}  (kubeconfig {cluster.write_kubeconfig(workdir / 'kubeconfig')})")
-        repo = stack.enter_context(chart_repo(tools.helm))
+        repo = stack.enter_context(chart_repo(helm))
         print(f"   chart repository     {repo.url}")
 
         settings = Settings.from_env(
-            {}, helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=workdir / "state",
+            {}, helm=str(helm), kubectl=str(kubectl), state_dir=workdir / "state",
             task_queue=TASK_QUEUE, poll_interval=1.0,
         )
         store = Store.open(settings)
@@ -180,8 +180,8 @@ async def run_demo(args: argparse.Namespace) -> None:
             "cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS, "params": {"ready": False},
             "db_dict": db_dict, "timeout": 8,
         }, True)
-        failure = (out or {}).get("result") if isinstance(out, dict) else None
-        print(f"   {json.dumps(failure)[:600] if failure else ''}")
+        failure = out.get("failure") or out.get("result") if isinstance(out, dict) else out
+        print(f"   {json.dumps(failure)[:600]}")
         await demo.show_status()
 
         say("4. Scale to 3 replicas, then read services and status")
@@ -205,7 +205,7 @@ async def run_demo(args: argparse.Namespace) -> None:
         say(f"Done: {cluster.total_requests()} Kubernetes API requests served by the sandbox")
         if args.keep:
             print(f"Everything keeps running; try: temporal workflow list --address {demo.address}\n"
-                  f"KUBECONFIG={workdir / 'kubeconfig'} {tools.kubectl} get all -A\nCtrl-C to stop.")
+                  f"KUBECONFIG={workdir / 'kubeconfig'} {kubectl} get all -A\nCtrl-C to stop.")
             await asyncio.Event().wait()
 
 
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep everything running after the demo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # An activity failing on purpose (step 3b) is logged by the SDK with a traceback: keep the demo readable.
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
     try:
         asyncio.run(run_demo(args))
     except KeyboardInterrupt:
