@@ -1,0 +1,71 @@
+"""worker.py and the plugin: registration and start-up configuration errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.worker import Worker
+
+from activities.models import ACTIVITY_NAMES
+from kduflow.config import Settings
+from kduflow.plugin import HEARTBEAT_THROTTLE, KduflowPlugin
+from tests.conftest import helm_tools
+from workflows.cluster_models import CLUSTER_ACTIVITY_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def plugin(tmp_path: Path) -> KduflowPlugin:
+    tools = helm_tools("helm4")
+    return KduflowPlugin(settings=Settings.from_env({}, helm=str(tools.helm), kubectl=str(tools.kubectl),
+                                                    state_dir=tmp_path / "state"))
+
+
+async def test_plugin_registers_every_workflow_and_activity(ts_env, plugin: KduflowPlugin):
+    worker = Worker(ts_env.client, task_queue=f"tq-{uuid.uuid4()}", plugins=[plugin])
+    config = worker.config(active_config=True)
+    names = {w.__temporal_workflow_definition.name for w in config["workflows"]}  # type: ignore[attr-defined]
+    assert names == {"InstallKdu", "UpgradeKdu", "RollbackKdu", "ScaleKdu", "UninstallKdu", "KduStatus",
+                     "KduInstances", "KduServices", "KduValues", "InspectKdu",
+                     "InitCluster", "ResetCluster", "SyncRepos"}
+    activities = {a.__temporal_activity_definition.name for a in config["activities"]}  # type: ignore[attr-defined]
+    assert set(ACTIVITY_NAMES.values()) <= activities
+    assert set(CLUSTER_ACTIVITY_NAMES.values()) <= activities
+    assert config["max_heartbeat_throttle_interval"] == HEARTBEAT_THROTTLE
+    await plugin.store.close()
+
+
+async def test_plugin_keeps_a_heartbeat_throttle_the_worker_chose(ts_env, plugin: KduflowPlugin):
+    worker = Worker(ts_env.client, task_queue=f"tq-{uuid.uuid4()}", plugins=[plugin],
+                    max_heartbeat_throttle_interval=timedelta(seconds=7))
+    assert worker.config(active_config=True)["max_heartbeat_throttle_interval"] == timedelta(seconds=7)
+    await plugin.store.close()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        pytest.param("KDUFLOW_POLL_INTERVAL", "abc", id="poll interval not a number"),
+        pytest.param("KDUFLOW_HELM", "/nonexistent/helm", id="helm binary missing"),
+        pytest.param("MONGO_URI", "http://db", id="mongo uri scheme"),
+        pytest.param("KDUFLOW_TASK_QUEUE", "two words", id="task queue with whitespace"),
+        pytest.param("KDUFLOW_SECRET_KEY", "k1:dG9vc2hvcnQ=", id="secret key too short"),
+    ],
+)
+def test_worker_refuses_a_bad_setting_at_start_naming_the_variable(tmp_path: Path, variable: str, value: str):
+    env = {"PATH": os.environ.get("PATH", ""), "KDUFLOW_STATE_DIR": str(tmp_path / "state"),
+           "KDUFLOW_HELM": str(helm_tools("helm4").helm), "KDUFLOW_KUBECTL": str(helm_tools("helm4").kubectl),
+           "TEMPORAL_ADDRESS": "127.0.0.1:1", variable: value}
+    proc = subprocess.run([sys.executable, "worker.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert variable in proc.stderr
+    if variable == "KDUFLOW_SECRET_KEY":
+        assert "dG9vc2hvcnQ" not in proc.stderr  # never echo a key
