@@ -34,8 +34,11 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kduflow-worker", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    parser.add_argument("--log-level", default=os.environ.get("KDUFLOW_LOG_LEVEL", "INFO"),
-                        help="logging level (env KDUFLOW_LOG_LEVEL, default %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("KDUFLOW_LOG_LEVEL", "INFO"),
+        help="logging level (env KDUFLOW_LOG_LEVEL, default %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -43,10 +46,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     connect = temporal_connect_config(os.environ)
     client = await Client.connect(**connect)
     plugin = KduflowPlugin(settings=settings)
-    worker = Worker(client, task_queue=settings.task_queue, plugins=[plugin],
-                    graceful_shutdown_timeout=GRACEFUL_SHUTDOWN)
-    log.info("kduflow worker on %s, task queue %r; %s", connect.get("target_host"), settings.task_queue,
-             settings.describe())
+    worker = Worker(
+        client, task_queue=settings.task_queue, plugins=[plugin], graceful_shutdown_timeout=GRACEFUL_SHUTDOWN
+    )
+    log.info(
+        "kduflow worker on %s, task queue %r; %s",
+        connect.get("target_host"),
+        settings.task_queue,
+        settings.describe(),
+    )
     async with worker:
         await stop.wait()
         log.info("stopping: letting running activities finish (up to %s)", GRACEFUL_SHUTDOWN)
@@ -54,7 +62,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         settings = Settings.from_args(args, os.environ)
     except ConfigError as err:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 #: Default task queue for every kduflow workflow and activity.
 DEFAULT_TASK_QUEUE = "kduflow"
 
 
-class ReleaseStatus(str, enum.Enum):
+class ReleaseStatus(enum.StrEnum):
     """Helm release statuses, as helm 3 and helm 4 print them."""
 
     #: No release of that name exists (not a helm status; kduflow's own).
@@ -81,7 +81,7 @@ class InstallKduInput:
     timeout: int = 300
     #: Chart values (instantiation parameters). Never written to MongoDB status fields.
     params: dict[str, Any] = field(default_factory=dict)
-    db_dict: Optional[DbDict] = None
+    db_dict: DbDict | None = None
     kdu_name: str = ""
     #: Extra labels recorded on the release (helm ``--labels``) for later lookup.
     labels: dict[str, str] = field(default_factory=dict)
@@ -103,7 +103,7 @@ class UpgradeKduInput:
     force: bool = False
     atomic: bool = True
     timeout: int = 300
-    db_dict: Optional[DbDict] = None
+    db_dict: DbDict | None = None
 
 
 @dataclass
@@ -114,7 +114,7 @@ class RollbackKduInput:
     #: 0 means the last *deployed* revision before the current one (never helm's "previous").
     revision: int = 0
     timeout: int = 300
-    db_dict: Optional[DbDict] = None
+    db_dict: DbDict | None = None
 
 
 @dataclass
@@ -127,7 +127,7 @@ class ScaleKduInput:
     resource_name: str = ""
     timeout: int = 1800
     atomic: bool = True
-    db_dict: Optional[DbDict] = None
+    db_dict: DbDict | None = None
 
 
 @dataclass
@@ -136,7 +136,7 @@ class UninstallKduInput:
     kdu_instance: str
     namespace: str
     timeout: int = 300
-    db_dict: Optional[DbDict] = None
+    db_dict: DbDict | None = None
 
 
 @dataclass
@@ -188,7 +188,7 @@ class KduResult:
     #: Operation-specific note, e.g. "release was absent" for an idempotent uninstall.
     message: str = ""
     #: Resource readiness at the end, when observed.
-    ready: Optional[bool] = None
+    ready: bool | None = None
     #: ScaleKdu: the values key that was changed (e.g. "replicaCount" or "db.replicas").
     replica_key: str = ""
     #: RollbackKdu / failed UpgradeKdu: the revision that was restored.
@@ -435,7 +435,7 @@ class StatusInput:
     """Observe a release (release storage + live resources) and optionally write it to MongoDB."""
 
     ref: ReleaseRef
-    db_dict: Optional[DbDict] = None
+    db_dict: DbDict | None = None
     #: OSM operation name written to ``<path>.operation`` ("install", "upgrade", "scale", ...).
     operation: str = ""
     #: An error to record as the last error (e.g. the failed helm command's message).

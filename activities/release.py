@@ -95,10 +95,14 @@ class _Charts(Protocol):
 
 
 class _Settings(Protocol):
-    helm: str
-    kubectl: str
-    state_dir: Path
-    charts_dir: Path | None
+    @property
+    def helm(self) -> str: ...
+    @property
+    def kubectl(self) -> str: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def charts_dir(self) -> Path | None: ...
 
 
 def op_marker(operation_id: str) -> dict[str, str]:

@@ -70,18 +70,31 @@ class Demo:
         proc = subprocess.run([*cmd, "--output", "json"], capture_output=True, text=True, check=False)
         took = time.monotonic() - started
         result = parse_cli_json(proc.stdout)
-        failed = proc.returncode != 0 or (isinstance(result, dict) and result.get("status") not in (None, "COMPLETED"))
+        failed = proc.returncode != 0 or (
+            isinstance(result, dict) and result.get("status") not in (None, "COMPLETED")
+        )
         if failed and not expect_failure:
-            raise SystemExit(f"{RED}command failed ({took:.1f}s):{RESET}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            raise SystemExit(
+                f"{RED}command failed ({took:.1f}s):{RESET}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
         colour = RED if failed else GREEN
         print(f"{colour}{'failed as expected' if failed else 'ok'} in {took:.1f}s{RESET}")
         return result
 
     def execute(self, wf_type: str, wf_id: str, payload: dict[str, Any], expect_failure: bool = False) -> Any:
         return self.temporal(
-            "workflow", "execute", "--type", wf_type, "--task-queue", TASK_QUEUE,
-            "--workflow-id", wf_id, "--id-reuse-policy", "AllowDuplicate",
-            input_obj=payload, expect_failure=expect_failure,
+            "workflow",
+            "execute",
+            "--type",
+            wf_type,
+            "--task-queue",
+            TASK_QUEUE,
+            "--workflow-id",
+            wf_id,
+            "--id-reuse-policy",
+            "AllowDuplicate",
+            input_obj=payload,
+            expect_failure=expect_failure,
         )
 
     async def show_status(self) -> None:
@@ -90,7 +103,15 @@ class Demo:
         fields = {k: kdu.get(k) for k in ("operation", "status", "detailed-status", "status-time")}
         print(textwrap.indent(json.dumps(fields, indent=2), "   nsrs." + NSR_ID + " _admin.deployed.K8s.0 "))
         sub = kdu.get("kduflow") or {}
-        keep = ("phase", "release_status", "revision", "ready", "ready_resources", "total_resources", "not_ready")
+        keep = (
+            "phase",
+            "release_status",
+            "revision",
+            "ready",
+            "ready_resources",
+            "total_resources",
+            "not_ready",
+        )
         print(textwrap.indent(json.dumps({k: sub.get(k) for k in keep}, indent=2), "   .kduflow "))
 
 
@@ -130,27 +151,46 @@ async def run_demo(args: argparse.Namespace) -> None:
         say(f"Starting: temporal dev server, sandbox cluster, chart repository, worker ({dialect})")
         port = args.port or free_port()
         demo.address = stack.enter_context(dev_server(workdir / "temporal", port, args.ui_port))
-        print(f"   temporal dev server  {demo.address}" + (f"  (UI http://127.0.0.1:{args.ui_port})" if args.ui_port else ""))
+        print(
+            f"   temporal dev server  {demo.address}"
+            + (f"  (UI http://127.0.0.1:{args.ui_port})" if args.ui_port else "")
+        )
         cluster = stack.enter_context(SandboxCluster(tls=True, ready_delay=1.0, lb_delay=2.0))
-        print(f"   sandbox cluster      {cluster.url}  (kubeconfig {cluster.write_kubeconfig(workdir / 'kubeconfig')})")
+        kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig")
+        print(f"   sandbox cluster      {cluster.url}  (kubeconfig {kubeconfig})")
         repo = stack.enter_context(chart_repo(helm))
         print(f"   chart repository     {repo.url}")
 
         settings = Settings.from_env(
-            {}, helm=str(helm), kubectl=str(kubectl), state_dir=workdir / "state",
-            task_queue=TASK_QUEUE, poll_interval=1.0,
+            {},
+            helm=str(helm),
+            kubectl=str(kubectl),
+            state_dir=workdir / "state",
+            task_queue=TASK_QUEUE,
+            poll_interval=1.0,
         )
         store = Store.open(settings)
         demo.store = store
         stack.push_async_callback(store.close)
-        await store.insert_one("k8srepos", {"_id": "repo-demo", "name": "demo", "url": repo.url, "type": "helm-chart"})
-        await store.insert_one("k8sclusters", {
-            "_id": CLUSTER, "name": "sandbox", "credentials": cluster.kubeconfig(),
-            "_admin": {"helm_chart_repos": ["repo-demo"]},
-        })
-        await store.insert_one("nsrs", {"_id": NSR_ID, "_admin": {"deployed": {"K8s": [{"kdu-name": "web"}]}}})
+        await store.insert_one(
+            "k8srepos", {"_id": "repo-demo", "name": "demo", "url": repo.url, "type": "helm-chart"}
+        )
+        await store.insert_one(
+            "k8sclusters",
+            {
+                "_id": CLUSTER,
+                "name": "sandbox",
+                "credentials": cluster.kubeconfig(),
+                "_admin": {"helm_chart_repos": ["repo-demo"]},
+            },
+        )
+        await store.insert_one(
+            "nsrs", {"_id": NSR_ID, "_admin": {"deployed": {"K8s": [{"kdu-name": "web"}]}}}
+        )
         client = await Client.connect(demo.address)
-        worker = Worker(client, task_queue=TASK_QUEUE, plugins=[KduflowPlugin(settings=settings, store=store)])
+        worker = Worker(
+            client, task_queue=TASK_QUEUE, plugins=[KduflowPlugin(settings=settings, store=store)]
+        )
         await stack.enter_async_context(worker)
         print(f"   worker               task queue {TASK_QUEUE!r}, state {settings.state_dir}")
 
@@ -163,55 +203,110 @@ async def run_demo(args: argparse.Namespace) -> None:
         print(f"   {json.dumps(workflow_result(out))}")
 
         say("2. Install demo/webapp 0.1.0 (status heartbeat into nsrs)")
-        out = await run(demo.execute, "InstallKdu", "demo-install", {
-            "cluster_uuid": CLUSTER, "kdu_model": "demo/webapp:0.1.0", "kdu_instance": RELEASE,
-            "namespace": NS, "params": {"replicaCount": 1}, "db_dict": db_dict, "timeout": 120,
-        })
+        out = await run(
+            demo.execute,
+            "InstallKdu",
+            "demo-install",
+            {
+                "cluster_uuid": CLUSTER,
+                "kdu_model": "demo/webapp:0.1.0",
+                "kdu_instance": RELEASE,
+                "namespace": NS,
+                "params": {"replicaCount": 1},
+                "db_dict": db_dict,
+                "timeout": 120,
+            },
+        )
         print(f"   {json.dumps(workflow_result(out))}")
         await demo.show_status()
 
         say("3a. Upgrade to 0.2.0")
-        await run(demo.execute, "UpgradeKdu", "demo-upgrade", {
-            "cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS, "kdu_model": "demo/webapp",
-            "version": "0.2.0", "db_dict": db_dict, "timeout": 120,
-        })
+        await run(
+            demo.execute,
+            "UpgradeKdu",
+            "demo-upgrade",
+            {
+                "cluster_uuid": CLUSTER,
+                "kdu_instance": RELEASE,
+                "namespace": NS,
+                "kdu_model": "demo/webapp",
+                "version": "0.2.0",
+                "db_dict": db_dict,
+                "timeout": 120,
+            },
+        )
         say("3b. Upgrade that never becomes ready (ready=false): rolled back to the recorded revision")
-        out = await run(demo.execute, "UpgradeKdu", "demo-upgrade-bad", {
-            "cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS, "params": {"ready": False},
-            "db_dict": db_dict, "timeout": 8,
-        }, True)
+        out = await run(
+            demo.execute,
+            "UpgradeKdu",
+            "demo-upgrade-bad",
+            {
+                "cluster_uuid": CLUSTER,
+                "kdu_instance": RELEASE,
+                "namespace": NS,
+                "params": {"ready": False},
+                "db_dict": db_dict,
+                "timeout": 8,
+            },
+            True,
+        )
         failure = out.get("failure") or out.get("result") if isinstance(out, dict) else out
         print(f"   {json.dumps(failure)[:600]}")
         await demo.show_status()
 
         say("4. Scale to 3 replicas, then read services and status")
-        await run(demo.execute, "ScaleKdu", "demo-scale", {
-            "cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS, "scale": 3, "db_dict": db_dict,
-            "timeout": 120,
-        })
-        out = await run(demo.execute, "KduServices", "demo-services", {
-            "cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS})
+        await run(
+            demo.execute,
+            "ScaleKdu",
+            "demo-scale",
+            {
+                "cluster_uuid": CLUSTER,
+                "kdu_instance": RELEASE,
+                "namespace": NS,
+                "scale": 3,
+                "db_dict": db_dict,
+                "timeout": 120,
+            },
+        )
+        out = await run(
+            demo.execute,
+            "KduServices",
+            "demo-services",
+            {"cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS},
+        )
         print(f"   {json.dumps(workflow_result(out))}")
-        out = await run(demo.execute, "KduStatus", "demo-status", {
-            "cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS})
+        out = await run(
+            demo.execute,
+            "KduStatus",
+            "demo-status",
+            {"cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS},
+        )
         print(f"   {json.dumps(workflow_result(out))[:800]}")
         await demo.show_status()
 
         say("5. Uninstall")
-        out = await run(demo.execute, "UninstallKdu", "demo-uninstall", {
-            "cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS, "db_dict": db_dict})
+        out = await run(
+            demo.execute,
+            "UninstallKdu",
+            "demo-uninstall",
+            {"cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS, "db_dict": db_dict},
+        )
         print(f"   {json.dumps(workflow_result(out))}")
 
         say(f"Done: {cluster.total_requests()} Kubernetes API requests served by the sandbox")
         if args.keep:
-            print(f"Everything keeps running; try: temporal workflow list --address {demo.address}\n"
-                  f"KUBECONFIG={workdir / 'kubeconfig'} {kubectl} get all -A\nCtrl-C to stop.")
+            print(
+                f"Everything keeps running; try: temporal workflow list --address {demo.address}\n"
+                f"KUBECONFIG={kubeconfig} {kubectl} get all -A\nCtrl-C to stop."
+            )
             await asyncio.Event().wait()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--helm", choices=["3", "4"], default="4", help="helm major version (default %(default)s)")
+    parser.add_argument(
+        "--helm", choices=["3", "4"], default="4", help="helm major version (default %(default)s)"
+    )
     parser.add_argument("--port", type=int, default=0, help="dev server port (default: a free one)")
     parser.add_argument("--ui-port", type=int, default=None, help="also serve the Temporal UI on this port")
     parser.add_argument("--keep", action="store_true", help="keep everything running after the demo")

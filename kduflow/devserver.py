@@ -52,11 +52,23 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 def dev_server(state_dir: Path, port: int = 7233, ui_port: int | None = None) -> Iterator[str]:
     """A ``temporal server start-dev`` child with SQLite persistence; yields its address."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    argv = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
-            "--db-filename", str(state_dir / "temporal.db"), "--log-level", "warn"]
+    argv = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db-filename",
+        str(state_dir / "temporal.db"),
+        "--log-level",
+        "warn",
+    ]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_for_port(port, 30, proc)
         yield f"127.0.0.1:{port}"

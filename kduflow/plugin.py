@@ -74,7 +74,10 @@ class KduflowPlugin(SimplePlugin):
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
         """See base class. Also caps the heartbeat throttle unless the worker set its own."""
         config = super().configure_worker(config)
-        if config.get("max_heartbeat_throttle_interval", SDK_MAX_HEARTBEAT_THROTTLE) == SDK_MAX_HEARTBEAT_THROTTLE:
+        if (
+            config.get("max_heartbeat_throttle_interval", SDK_MAX_HEARTBEAT_THROTTLE)
+            == SDK_MAX_HEARTBEAT_THROTTLE
+        ):
             config["max_heartbeat_throttle_interval"] = HEARTBEAT_THROTTLE
         return config
 

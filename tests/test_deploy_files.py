@@ -21,7 +21,10 @@ def test_compose_has_temporal_mongo_and_worker_with_health_checks():
         assert services[name]["healthcheck"]["test"][0] == "CMD"
         assert services[name]["ports"], name
     depends = services["worker"]["depends_on"]
-    assert depends == {"temporal": {"condition": "service_healthy"}, "mongo": {"condition": "service_healthy"}}
+    assert depends == {
+        "temporal": {"condition": "service_healthy"},
+        "mongo": {"condition": "service_healthy"},
+    }
 
 
 def test_compose_images_are_pinned():
@@ -35,7 +38,10 @@ def test_compose_worker_environment_uses_the_documented_variables():
     assert env["TEMPORAL_ADDRESS"] == "temporal:7233"
     assert env["MONGO_URI"].startswith("mongodb://mongo:")
     assert {k for k in env if not k.startswith("TEMPORAL_") and k != "MONGO_URI"} <= {
-        "KDUFLOW_MONGO_DB", "KDUFLOW_TASK_QUEUE", "KDUFLOW_STATE_DIR"}
+        "KDUFLOW_MONGO_DB",
+        "KDUFLOW_TASK_QUEUE",
+        "KDUFLOW_STATE_DIR",
+    }
     readme = (ROOT / "README.md").read_text()
     for key in env:
         assert key in readme, f"{key} is not documented in the README"

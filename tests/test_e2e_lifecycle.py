@@ -64,7 +64,10 @@ class Stack:
 
     async def run(self, workflow: str, arg: Any, result_type: type) -> Any:
         return await self.client.execute_workflow(
-            workflow, arg, id=f"e2e-{workflow}-{uuid.uuid4()}", task_queue=self.task_queue,
+            workflow,
+            arg,
+            id=f"e2e-{workflow}-{uuid.uuid4()}",
+            task_queue=self.task_queue,
             result_type=result_type,
         )
 
@@ -80,8 +83,14 @@ class Stack:
     async def helm(self, *args: str) -> Any:
         """Run the real helm of this stack against the sandbox, as the worker's cluster env does."""
         env = await self.plugin.envs.get(CLUSTER)
-        proc = subprocess.run([self.plugin.settings.helm, *args, "-o", "json"], env=env.env,
-                              capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            [self.plugin.settings.helm, *args, "-o", "json"],
+            env=env.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if proc.returncode != 0:
             return {"error": proc.stderr}
         return json.loads(proc.stdout)
@@ -93,7 +102,9 @@ class Stack:
 
     async def new_nsr(self) -> DbDict:
         nsr_id = f"nsr-{uuid.uuid4()}"
-        await self.store.insert_one("nsrs", {"_id": nsr_id, "_admin": {"deployed": {"K8s": [{"kdu-name": "k"}]}}})
+        await self.store.insert_one(
+            "nsrs", {"_id": nsr_id, "_admin": {"deployed": {"K8s": [{"kdu-name": "k"}]}}}
+        )
         return DbDict(collection="nsrs", filter={"_id": nsr_id}, path="_admin.deployed.K8s.0")
 
 
@@ -103,17 +114,29 @@ async def stack(request, local_env, chart_repo_factory, tmp_path_factory) -> Asy
     repo = chart_repo_factory()
     state = tmp_path_factory.mktemp(f"e2e-{request.param}")
     with sandbox_cluster(ready_delay=0.2, lb_delay=0.3) as cluster:
-        settings = Settings.from_env({}, helm=str(tools.helm), kubectl=str(tools.kubectl),
-                                     state_dir=state / "state", poll_interval=0.5)
+        settings = Settings.from_env(
+            {}, helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state / "state", poll_interval=0.5
+        )
         store = Store.open(settings)
-        await store.insert_one("k8srepos", {"_id": REPO_ID, "name": "e2e", "url": repo.url, "type": "helm-chart"})
-        await store.insert_one("k8sclusters", {"_id": CLUSTER, "name": "e2e", "credentials": cluster.kubeconfig(),
-                                               "_admin": {"helm_chart_repos": [REPO_ID]}})
+        await store.insert_one(
+            "k8srepos", {"_id": REPO_ID, "name": "e2e", "url": repo.url, "type": "helm-chart"}
+        )
+        await store.insert_one(
+            "k8sclusters",
+            {
+                "_id": CLUSTER,
+                "name": "e2e",
+                "credentials": cluster.kubeconfig(),
+                "_admin": {"helm_chart_repos": [REPO_ID]},
+            },
+        )
         plugin = KduflowPlugin(settings=settings, store=store)
         task_queue = f"e2e-{request.param}-{uuid.uuid4()}"
         async with Worker(local_env.client, task_queue=task_queue, plugins=[plugin]):
             s = Stack(request.param, local_env.client, task_queue, cluster, store, plugin)
-            await s.run("InitCluster", InitClusterInput(cluster_uuid=CLUSTER, namespace="e2e"), InitClusterResult)
+            await s.run(
+                "InitCluster", InitClusterInput(cluster_uuid=CLUSTER, namespace="e2e"), InitClusterResult
+            )
             # InitCluster already synchronised the repositories (a child SyncRepos): nothing left to do.
             synced = await s.run("SyncRepos", SyncReposInput(cluster_uuid=CLUSTER), SyncReposResult)
             assert (synced.added, synced.deleted, synced.failed) == ({}, [], {}), synced
@@ -132,9 +155,19 @@ async def test_install_status_services_values_uninstall(stack: Stack):
     ns, rel = "apps", f"web-{stack.dialect}"
     db = await stack.new_nsr()
     secret = "s3cr3t-value-never-in-status"
-    res = await stack.run("InstallKdu", InstallKduInput(
-        cluster_uuid=CLUSTER, kdu_model="e2e/webapp:0.1.0", kdu_instance=rel, namespace=ns,
-        params={"replicaCount": 2, "password": secret}, db_dict=db, timeout=60), KduResult)
+    res = await stack.run(
+        "InstallKdu",
+        InstallKduInput(
+            cluster_uuid=CLUSTER,
+            kdu_model="e2e/webapp:0.1.0",
+            kdu_instance=rel,
+            namespace=ns,
+            params={"replicaCount": 2, "password": secret},
+            db_dict=db,
+            timeout=60,
+        ),
+        KduResult,
+    )
     assert (res.kdu_instance, res.namespace, res.revision, res.status) == (rel, ns, 1, "deployed")
     assert res.chart == "webapp-0.1.0"
 
@@ -173,8 +206,11 @@ async def test_install_status_services_values_uninstall(stack: Stack):
 
 
 async def test_install_with_generated_name(stack: Stack):
-    res = await stack.run("InstallKdu", InstallKduInput(
-        cluster_uuid=CLUSTER, kdu_model="e2e/webapp", namespace="gen", timeout=60), KduResult)
+    res = await stack.run(
+        "InstallKdu",
+        InstallKduInput(cluster_uuid=CLUSTER, kdu_model="e2e/webapp", namespace="gen", timeout=60),
+        KduResult,
+    )
     # N2VC's scheme keeps the repository prefix: "<repo>-<chart>-<10 digits>".
     assert re.fullmatch(r"e2e-webapp-\d{10}", res.kdu_instance), res.kdu_instance
     listed = await stack.helm("list", "-n", "gen")
@@ -185,17 +221,26 @@ async def test_install_with_generated_name(stack: Stack):
 async def test_upgrade_failed_upgrade_rolls_back_then_explicit_rollback(stack: Stack):
     ns, rel = "upg", f"up-{stack.dialect}"
     db = await stack.new_nsr()
-    await stack.run("InstallKdu", InstallKduInput(CLUSTER, "e2e/webapp", rel, ns, version="0.1.0", timeout=60,
-                                                  params={"replicaCount": 1}), KduResult)
-    up = await stack.run("UpgradeKdu", UpgradeKduInput(CLUSTER, rel, ns, kdu_model="e2e/webapp", version="0.2.0",
-                                                       db_dict=db, timeout=60), KduResult)
+    await stack.run(
+        "InstallKdu",
+        InstallKduInput(
+            CLUSTER, "e2e/webapp", rel, ns, version="0.1.0", timeout=60, params={"replicaCount": 1}
+        ),
+        KduResult,
+    )
+    up = await stack.run(
+        "UpgradeKdu",
+        UpgradeKduInput(CLUSTER, rel, ns, kdu_model="e2e/webapp", version="0.2.0", db_dict=db, timeout=60),
+        KduResult,
+    )
     assert (up.revision, up.status, up.chart) == (2, "deployed", "webapp-0.2.0")
     assert (await stack.helm("get", "values", rel, "-n", ns))["replicaCount"] == 1  # values reused
     kdu = await stack.kdu_doc(db.filter["_id"])
     assert (kdu["operation"], kdu["status"]) == ("upgrade", "Upgrade complete")
 
-    err = await stack.fails("UpgradeKdu", UpgradeKduInput(CLUSTER, rel, ns, params={"ready": False},
-                                                          db_dict=db, timeout=4))
+    err = await stack.fails(
+        "UpgradeKdu", UpgradeKduInput(CLUSTER, rel, ns, params={"ready": False}, db_dict=db, timeout=4)
+    )
     assert err.type == "UpgradeRolledBack", err
     details = err.details[0]
     assert details["failed_revision"] == 3 and details["restored_revision"] == 2
@@ -206,8 +251,9 @@ async def test_upgrade_failed_upgrade_rolls_back_then_explicit_rollback(stack: S
     assert kdu["kduflow"]["phase"] == "rolled-back" and kdu["kduflow"]["revision"] == 4
     assert kdu["kduflow"]["last_error"]
 
-    back = await stack.run("RollbackKdu", RollbackKduInput(CLUSTER, rel, ns, revision=1, db_dict=db, timeout=60),
-                           KduResult)
+    back = await stack.run(
+        "RollbackKdu", RollbackKduInput(CLUSTER, rel, ns, revision=1, db_dict=db, timeout=60), KduResult
+    )
     assert (back.revision, back.restored_revision, back.chart) == (5, 1, "webapp-0.1.0")
     assert (await stack.helm("status", rel, "-n", ns))["info"]["description"] == "Rollback to 1"
     assert (await stack.kdu_doc(db.filter["_id"]))["operation"] == "rollback"
@@ -222,23 +268,35 @@ async def test_scale_top_level_and_component_keys(stack: Stack):
     ns = "scale"
     web, db_rel = f"sw-{stack.dialect}", f"sdb-{stack.dialect}"
     db = await stack.new_nsr()
-    await stack.run("InstallKdu", InstallKduInput(CLUSTER, "e2e/webapp:0.1.0", web, ns, timeout=60,
-                                                  params={"image": {"tag": "custom"}}), KduResult)
-    scaled = await stack.run("ScaleKdu", ScaleKduInput(CLUSTER, web, ns, scale=3, db_dict=db, timeout=60), KduResult)
+    await stack.run(
+        "InstallKdu",
+        InstallKduInput(
+            CLUSTER, "e2e/webapp:0.1.0", web, ns, timeout=60, params={"image": {"tag": "custom"}}
+        ),
+        KduResult,
+    )
+    scaled = await stack.run(
+        "ScaleKdu", ScaleKduInput(CLUSTER, web, ns, scale=3, db_dict=db, timeout=60), KduResult
+    )
     assert scaled.replica_key == "replicaCount" and scaled.revision == 2
     assert stack.cluster.get("deployments", ns, f"{web}-webapp")["spec"]["replicas"] == 3
     values = await stack.helm("get", "values", web, "-n", ns)
     assert values == {"image": {"tag": "custom"}, "replicaCount": 3}  # only the key changed
     assert (await stack.kdu_doc(db.filter["_id"]))["operation"] == "scale"
 
-    await stack.run("InstallKdu", InstallKduInput(CLUSTER, "e2e/statefuldb:0.1.0", db_rel, ns, timeout=60), KduResult)
-    scaled = await stack.run("ScaleKdu", ScaleKduInput(CLUSTER, db_rel, ns, scale=2, resource_name="db", timeout=60),
-                             KduResult)
+    await stack.run(
+        "InstallKdu", InstallKduInput(CLUSTER, "e2e/statefuldb:0.1.0", db_rel, ns, timeout=60), KduResult
+    )
+    scaled = await stack.run(
+        "ScaleKdu", ScaleKduInput(CLUSTER, db_rel, ns, scale=2, resource_name="db", timeout=60), KduResult
+    )
     assert scaled.replica_key == "db.replicas"
     (sts,) = stack.cluster.list("statefulsets", ns, f"app.kubernetes.io/instance={db_rel}")
     assert sts["spec"]["replicas"] == 2
 
-    missing = await stack.fails("ScaleKdu", ScaleKduInput(CLUSTER, db_rel, ns, scale=1, resource_name="cache"))
+    missing = await stack.fails(
+        "ScaleKdu", ScaleKduInput(CLUSTER, db_rel, ns, scale=1, resource_name="cache")
+    )
     assert missing.type == "ReplicaKeyNotFound"
     for rel in (web, db_rel):
         await stack.run("UninstallKdu", UninstallKduInput(CLUSTER, rel, ns), KduResult)
@@ -247,21 +305,26 @@ async def test_scale_top_level_and_component_keys(stack: Stack):
 async def test_atomic_install_failure_writes_final_status(stack: Stack):
     ns, rel = "bad", f"never-{stack.dialect}"
     db = await stack.new_nsr()
-    err = await stack.fails("InstallKdu", InstallKduInput(CLUSTER, "e2e/webapp:0.1.0", rel, ns, timeout=4,
-                                                          params={"ready": False}, db_dict=db))
+    err = await stack.fails(
+        "InstallKdu",
+        InstallKduInput(CLUSTER, "e2e/webapp:0.1.0", rel, ns, timeout=4, params={"ready": False}, db_dict=db),
+    )
     assert err.type == "ReleaseFailed", err
     assert "error" in await stack.helm("history", rel, "-n", ns)  # atomic: purged
     kdu = await stack.kdu_doc(db.filter["_id"])
     assert kdu["operation"] == "install"
     assert kdu["kduflow"]["phase"] == "failed" and kdu["kduflow"]["last_error"]
 
-    render = await stack.fails("InstallKdu", InstallKduInput(CLUSTER, "e2e/broken:0.1.0", f"br-{stack.dialect}", ns))
+    render = await stack.fails(
+        "InstallKdu", InstallKduInput(CLUSTER, "e2e/broken:0.1.0", f"br-{stack.dialect}", ns)
+    )
     assert render.type == "RenderFailed" and render.non_retryable
 
 
 async def test_inspect_chart_from_the_cluster_repository(stack: Stack):
-    out = await stack.run("InspectKdu", InspectKduInput("e2e/webapp", cluster_uuid=CLUSTER, version="0.2.0"),
-                          InspectKduResult)
+    out = await stack.run(
+        "InspectKdu", InspectKduInput("e2e/webapp", cluster_uuid=CLUSTER, version="0.2.0"), InspectKduResult
+    )
     assert out.chart["name"] == "webapp" and out.chart["version"] == "0.2.0"
     assert "replicaCount" in out.values
     assert out.readme.strip()

@@ -13,5 +13,7 @@ class _Echo:
 
 async def test_time_skipping_env_runs_a_workflow(ts_env):
     async with Worker(ts_env.client, task_queue=f"tq-{uuid.uuid4()}", workflows=[_Echo]) as worker:
-        out = await ts_env.client.execute_workflow(_Echo.run, "hi", id=f"wf-{uuid.uuid4()}", task_queue=worker.task_queue)
+        out = await ts_env.client.execute_workflow(
+            _Echo.run, "hi", id=f"wf-{uuid.uuid4()}", task_queue=worker.task_queue
+        )
     assert out == "hi"

@@ -24,17 +24,32 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def plugin(tmp_path: Path) -> KduflowPlugin:
     tools = helm_tools("helm4")
-    return KduflowPlugin(settings=Settings.from_env({}, helm=str(tools.helm), kubectl=str(tools.kubectl),
-                                                    state_dir=tmp_path / "state"))
+    return KduflowPlugin(
+        settings=Settings.from_env(
+            {}, helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path / "state"
+        )
+    )
 
 
 async def test_plugin_registers_every_workflow_and_activity(ts_env, plugin: KduflowPlugin):
     worker = Worker(ts_env.client, task_queue=f"tq-{uuid.uuid4()}", plugins=[plugin])
     config = worker.config(active_config=True)
     names = {w.__temporal_workflow_definition.name for w in config["workflows"]}  # type: ignore[attr-defined]
-    assert names == {"InstallKdu", "UpgradeKdu", "RollbackKdu", "ScaleKdu", "UninstallKdu", "KduStatus",
-                     "KduInstances", "KduServices", "KduValues", "InspectKdu",
-                     "InitCluster", "ResetCluster", "SyncRepos"}
+    assert names == {
+        "InstallKdu",
+        "UpgradeKdu",
+        "RollbackKdu",
+        "ScaleKdu",
+        "UninstallKdu",
+        "KduStatus",
+        "KduInstances",
+        "KduServices",
+        "KduValues",
+        "InspectKdu",
+        "InitCluster",
+        "ResetCluster",
+        "SyncRepos",
+    }
     activities = {a.__temporal_activity_definition.name for a in config["activities"]}  # type: ignore[attr-defined]
     assert set(ACTIVITY_NAMES.values()) <= activities
     assert set(CLUSTER_ACTIVITY_NAMES.values()) <= activities
@@ -43,8 +58,12 @@ async def test_plugin_registers_every_workflow_and_activity(ts_env, plugin: Kduf
 
 
 async def test_plugin_keeps_a_heartbeat_throttle_the_worker_chose(ts_env, plugin: KduflowPlugin):
-    worker = Worker(ts_env.client, task_queue=f"tq-{uuid.uuid4()}", plugins=[plugin],
-                    max_heartbeat_throttle_interval=timedelta(seconds=7))
+    worker = Worker(
+        ts_env.client,
+        task_queue=f"tq-{uuid.uuid4()}",
+        plugins=[plugin],
+        max_heartbeat_throttle_interval=timedelta(seconds=7),
+    )
     assert worker.config(active_config=True)["max_heartbeat_throttle_interval"] == timedelta(seconds=7)
     await plugin.store.close()
 
@@ -60,11 +79,23 @@ async def test_plugin_keeps_a_heartbeat_throttle_the_worker_chose(ts_env, plugin
     ],
 )
 def test_worker_refuses_a_bad_setting_at_start_naming_the_variable(tmp_path: Path, variable: str, value: str):
-    env = {"PATH": os.environ.get("PATH", ""), "KDUFLOW_STATE_DIR": str(tmp_path / "state"),
-           "KDUFLOW_HELM": str(helm_tools("helm4").helm), "KDUFLOW_KUBECTL": str(helm_tools("helm4").kubectl),
-           "TEMPORAL_ADDRESS": "127.0.0.1:1", variable: value}
-    proc = subprocess.run([sys.executable, "worker.py"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "KDUFLOW_STATE_DIR": str(tmp_path / "state"),
+        "KDUFLOW_HELM": str(helm_tools("helm4").helm),
+        "KDUFLOW_KUBECTL": str(helm_tools("helm4").kubectl),
+        "TEMPORAL_ADDRESS": "127.0.0.1:1",
+        variable: value,
+    }
+    proc = subprocess.run(
+        [sys.executable, "worker.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert variable in proc.stderr
     if variable == "KDUFLOW_SECRET_KEY":
