@@ -43,24 +43,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.validation import validate_bool, validate_cluster_uuid, validate_namespace
 
-NON_RETRYABLE = [
-    "InvalidInput",
-    "ChartNotFound",
-    "RenderFailed",
-    "ReleaseNotFound",
-    "InvalidResource",
-    "ReleaseNameInUse",
-    "ReleaseFailed",
-    "UpgradeRolledBack",
-    "UpgradeFailed",
-    "RollbackFailed",
-    "ReplicaKeyNotFound",
-    "ReplicaKeyAmbiguous",
-    "ClusterNotFound",
-    "CredentialsInvalid",
-    "RepoNotFound",
-    "UnsupportedHelm",
-]
+from workflows.common import NON_RETRYABLE_ERROR_TYPES
 
 #: Store and kubectl steps: several quick retries (an unreachable cluster gets ~1 minute).
 _RETRY = RetryPolicy(
@@ -68,7 +51,7 @@ _RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=20),
     maximum_attempts=5,
-    non_retryable_error_types=NON_RETRYABLE,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 #: Repository add/remove inside SyncRepos: a bad repository is reported after a few seconds, not retried
 #: for long, so it never holds the others back (the schedule tries again at the next interval).
@@ -77,7 +60,7 @@ _REPO_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=3,
-    non_retryable_error_types=NON_RETRYABLE,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 _SHORT = timedelta(seconds=60)
 _REPO = timedelta(seconds=180)
@@ -213,7 +196,7 @@ class ResetCluster:
                 UninstallAllInput(cluster_uuid, force=force),
                 UninstallAllResult,
                 timeout=timedelta(hours=1),
-                retry=RetryPolicy(maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE),
+                retry=RetryPolicy(maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES),
             )
             if outcome.kept:
                 workflow.logger.warning(

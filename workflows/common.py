@@ -40,6 +40,7 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.errors import NON_RETRYABLE_TYPES
     from activities.models import (
         ACTIVITY_NAMES,
         ListReleasesInput,
@@ -55,25 +56,8 @@ T = TypeVar("T")
 #: Namespace used when an install names none (N2VC's helm3 status defaulted to kube-system: E.15).
 DEFAULT_NAMESPACE = "default"
 
-#: ApplicationError types that no retry can fix (ARCHITECTURE.md "Error type names").
-NON_RETRYABLE_ERROR_TYPES = [
-    "InvalidInput",
-    "ChartNotFound",
-    "RenderFailed",
-    "ReleaseNotFound",
-    "InvalidResource",
-    "ReleaseNameInUse",
-    "ReleaseFailed",
-    "UpgradeRolledBack",
-    "UpgradeFailed",
-    "RollbackFailed",
-    "ReplicaKeyNotFound",
-    "ReplicaKeyAmbiguous",
-    "ClusterNotFound",
-    "CredentialsInvalid",
-    "RepoNotFound",
-    "UnsupportedHelm",
-]
+#: ApplicationError types that no retry can fix: the one list, kept beside the error tree.
+NON_RETRYABLE_ERROR_TYPES = list(NON_RETRYABLE_TYPES)
 
 #: Added to helm's --timeout for the activity's start_to_close: pull + render + hooks + status read.
 HELM_MARGIN = timedelta(seconds=120)

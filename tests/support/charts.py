@@ -17,11 +17,8 @@ use them by binding them at module level (or the lead lists this module in ``pyt
 from __future__ import annotations
 
 import base64
-import datetime
-import ipaddress
 import shutil
 import socket
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -34,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sandbox.tls import make_certs
 
 CHARTS_DIR: Path = Path(__file__).resolve().parent.parent / "charts"
 
@@ -98,73 +97,6 @@ class RequestRecord:
     #: Whether the credentials matched the configured ones (True when no auth is configured).
     authorized: bool
     status: int
-
-
-@dataclass(frozen=True)
-class _TlsMaterial:
-    ca_pem: str
-    cert_pem: str
-    key_pem: str
-
-
-def _make_tls_material() -> _TlsMaterial:
-    """A throwaway CA and a server certificate for 127.0.0.1 / localhost signed by it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kduflow test chart repo CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return _TlsMaterial(
-        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    )
 
 
 class _Server(ThreadingHTTPServer):
@@ -266,16 +198,12 @@ class ChartRepoServer:
         self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.repo = self
         if tls:
-            material = _make_tls_material()
-            tmp = Path(self._tmp.name)
-            (tmp / "ca.pem").write_text(material.ca_pem)
-            (tmp / "cert.pem").write_text(material.cert_pem)
-            (tmp / "key.pem").write_text(material.key_pem)
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(tmp / "cert.pem", tmp / "key.pem")
-            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
-            self.ca_pem = material.ca_pem
-            self.ca_file = tmp / "ca.pem"
+            # The sandbox's throwaway CA and 127.0.0.1 server certificate serve here too.
+            certs = make_certs()
+            self._httpd.socket = certs.server_context().wrap_socket(self._httpd.socket, server_side=True)
+            self.ca_pem = certs.ca_pem.decode()
+            self.ca_file = Path(self._tmp.name) / "ca.pem"
+            self.ca_file.write_text(self.ca_pem)
         self.port: int = self._httpd.server_address[1]
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._thread: threading.Thread | None = None
