@@ -44,6 +44,7 @@ from temporalio.exceptions import ApplicationError
 from activities.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 from activities.store import Store
 from kduflow.config import Settings
+from workflows import validation
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ HASH_FILE = ".kduflow-hash"
 LAYOUT_VERSION = "1"
 #: First character alphanumeric: "." / ".." / hidden names are impossible, and the staging names
 #: used while rebuilding (".<uuid>.new-*", ".<uuid>.old-*") never collide with a cluster id.
-_CLUSTER_UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _BASE_PATH = ("/usr/bin", "/bin")
 
 OnMaterialise = Callable[["ClusterEnv", dict], Awaitable[None]]
@@ -90,19 +90,12 @@ class ClusterEnv:
 
 
 def validate_cluster_uuid(cluster_uuid: Any) -> str:
-    """Return ``cluster_uuid`` if usable as a directory name, else raise.
+    """Return ``cluster_uuid`` if usable as a directory name (the workflows' rule), else raise.
 
     Raises:
         ApplicationError: type ``InvalidInput``, non-retryable, naming the field.
     """
-    if not isinstance(cluster_uuid, str) or not _CLUSTER_UUID.match(cluster_uuid):
-        raise ApplicationError(
-            f"cluster_uuid {cluster_uuid!r} is invalid: 1-63 characters of A-Z a-z 0-9 . _ -, "
-            "starting with a letter or digit",
-            type="InvalidInput",
-            non_retryable=True,
-        )
-    return cluster_uuid
+    return validation.validate_cluster_uuid(cluster_uuid)
 
 
 def parse_kubeconfig(credentials: Any, cluster_uuid: str) -> dict[str, Any]:

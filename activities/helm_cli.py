@@ -30,6 +30,7 @@ import yaml
 
 from activities.errors import InvalidInput, UnsupportedHelm
 from activities.models import ReleaseInfo, ReleaseStatus, ReleaseSummary, RevisionInfo
+from workflows import validation
 
 #: Oldest supported releases: 3.14 has --labels and --reset-then-reuse-values; helm 4.0.0-4.1.1
 #: reject --atomic and 4.1.x has a rollback regression (helm #31900, #32244).
@@ -45,11 +46,6 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 # Labels helm reserves for its own storage (helm rejects them on install/upgrade).
 _HELM_SYSTEM_LABELS = frozenset({"name", "owner", "status", "version", "createdAt", "modifiedAt"})
 _CHART_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_~^<>=*, -]*$")
-_REPO_CHART = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*)/(?P<chart>[A-Za-z0-9][A-Za-z0-9._-]*)$")
-_OCI_TAG = re.compile(
-    r"^(?P<path>oci://[^\s:@]+(:\d+)?(/[^\s:@]+)+?)(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._+-]*))?"
-    r"(?P<digest>@sha256:[0-9a-f]{64})?$"
-)
 _URL = re.compile(r"^https?://\S+$")
 
 
@@ -180,7 +176,7 @@ def _ns(namespace: str) -> list[str]:
 class ChartRef:
     """A resolved chart reference: ``chart`` is the argv element, ``version`` goes to --version."""
 
-    #: "repo" (repo/chart), "oci" (oci://...), "local" (under the charts dir), "url" (http(s) .tgz)
+    #: "repo" (repo/chart), "oci" (oci://...), "local" (under the charts dir)
     kind: str
     chart: str
     version: str = ""
@@ -190,37 +186,24 @@ class ChartRef:
 def parse_kdu_model(kdu_model: str, version: str = "", charts_dir: Path | None = None) -> ChartRef:
     """Resolve an N2VC ``kdu_model`` into a chart argv element and version.
 
-    Accepted forms: ``repo/chart``, ``repo/chart:1.2.3`` (N2VC's version suffix),
-    ``oci://host/path/chart`` (``:tag`` is a version, ``@sha256:...`` a pinned digest),
-    ``https://host/chart-1.0.tgz``, and a chart directory or ``.tgz`` name directly under
-    ``charts_dir``. ``version`` overrides any suffix.
+    The accepted forms and their validation are the workflows' (``workflows.validation``), so an
+    activity called directly refuses exactly what a workflow refuses: ``repo/chart``,
+    ``repo/chart:1.2.3`` (N2VC's version suffix), ``oci://host[:port]/path/chart[:tag]``, and a chart
+    directory or ``.tgz`` name directly under ``charts_dir``. ``version`` overrides any suffix.
 
     Raises:
         InvalidInput: (non-retryable) anything else, paths escaping ``charts_dir``, or a local
             chart that does not exist.
     """
-    model = kdu_model.strip()
     check_chart_version(version)
-    if not model or model.startswith("-") or any(c.isspace() for c in model):
-        raise InvalidInput(f"kdu_model: {kdu_model!r} is not a chart reference")
-    if model.startswith("oci://"):
-        match = _OCI_TAG.match(model)
-        if match is None:
-            raise InvalidInput(f"kdu_model: {kdu_model!r} is not a valid oci:// chart reference")
-        tag = match["tag"] or ""
-        ref = match["path"] + (match["digest"] or "")
-        return ChartRef("oci", ref, version or check_chart_version(tag, "kdu_model"))
-    if _URL.match(model):
-        return ChartRef("url", model, version)
-    name, colon, suffix = model.partition(":")
-    repo_chart = _REPO_CHART.match(name)
-    if repo_chart is not None:
-        return ChartRef("repo", name, version or check_chart_version(suffix, "kdu_model"), repo_chart["repo"])
-    if "/" in name or colon or name in (".", ".."):
-        raise InvalidInput(
-            f"kdu_model: {kdu_model!r} is neither repo/chart, oci://, a URL nor a local chart name"
-        )
-    return ChartRef("local", str(resolve_local_chart(name, charts_dir)), "")
+    try:
+        ref = validation.parse_kdu_model(kdu_model.strip())
+    except validation.InvalidInputError as err:
+        raise InvalidInput(f"kdu_model: {err.message}") from None
+    if ref.kind == "local":
+        return ChartRef("local", str(resolve_local_chart(ref.chart, charts_dir)), "")
+    repo = ref.chart.split("/", 1)[0] if ref.kind == "repo" else ""
+    return ChartRef(ref.kind, ref.chart, version or ref.version, repo)
 
 
 def resolve_local_chart(name: str, charts_dir: Path | None) -> Path:

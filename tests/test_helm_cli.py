@@ -554,13 +554,6 @@ def charts_dir(tmp_path: Path) -> Path:
             ChartRef("oci", "oci://reg.io:5000/charts/app", "1.0.0"),
             id="oci with port and tag",
         ),
-        pytest.param(
-            "oci://reg.io/app@sha256:" + "a" * 64,
-            "",
-            ChartRef("oci", "oci://reg.io/app@sha256:" + "a" * 64),
-            id="oci digest",
-        ),
-        pytest.param("https://h.io/app-1.0.tgz", "", ChartRef("url", "https://h.io/app-1.0.tgz"), id="url"),
     ],
 )
 def test_parse_kdu_model_remote_forms(model: str, version: str, expected: ChartRef) -> None:
@@ -588,6 +581,9 @@ def test_parse_kdu_model_local_charts(charts_dir: Path) -> None:
         pytest.param("my chart", id="space"),
         pytest.param("oci://", id="bare oci"),
         pytest.param("webapp:1.0", id="local with version suffix"),
+        # The workflows' rules apply here too: no plain chart URLs (the worker would fetch any URL).
+        pytest.param("https://h.io/app-1.0.tgz", id="http url"),
+        pytest.param("oci://reg.io/app@sha256:" + "a" * 64, id="oci digest pin"),
     ],
 )
 def test_parse_kdu_model_rejects(model: str, charts_dir: Path) -> None:

@@ -60,7 +60,8 @@ MAX_KDU_NAME = 253
 # fullmatch is used everywhere: "$" alone would accept a trailing newline.
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_CLUSTER_UUID = re.compile(r"[A-Za-z0-9._-]{1,63}")
+# Starts with a letter or digit: no hidden directories, no "-flag", no clash with staging dirs.
+_CLUSTER_UUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # One chart/repo name segment. Leading alphanumeric: no "-flag", no ".hidden", no "..".
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # DNS names and IPv4 literals; IPv6 literals ("[::1]") are not accepted, helm handles them poorly.
@@ -174,11 +175,11 @@ def validate_cluster_uuid(value: Any, field: str = "cluster_uuid", *, allow_empt
     cu = _require_str(value, field)
     if cu == "" and allow_empty:
         return cu
-    if not _CLUSTER_UUID.fullmatch(cu) or cu in (".", "..") or cu.startswith("-"):
+    if not _CLUSTER_UUID.fullmatch(cu):
         raise InvalidInputError(
             field,
             f"{_show(cu)} must be 1-{MAX_CLUSTER_UUID} characters of A-Z a-z 0-9 . _ -, "
-            "not '.' or '..' and not starting with '-'",
+            "starting with a letter or digit",
         )
     return cu
 
