@@ -43,7 +43,10 @@ from kduflow.config import Settings
 from kduflow.plugin import KduflowPlugin
 from sandbox import SandboxCluster
 from tests.conftest import helm_tools
-from tests.support.charts import chart_repo_factory  # noqa: F401  (fixture)
+from tests.support.charts import (
+    ChartRepoServer,
+    chart_repo_factory,  # noqa: F401  (fixture)
+)
 from tests.support.sandbox import sandbox_cluster
 from workflows.cluster_models import InitClusterInput, InitClusterResult, SyncReposInput, SyncReposResult
 
@@ -61,6 +64,7 @@ class Stack:
     cluster: SandboxCluster
     store: Store
     plugin: KduflowPlugin
+    repo: ChartRepoServer
 
     async def run(self, workflow: str, arg: Any, result_type: type) -> Any:
         return await self.client.execute_workflow(
@@ -133,7 +137,7 @@ async def stack(request, local_env, chart_repo_factory, tmp_path_factory) -> Asy
         plugin = KduflowPlugin(settings=settings, store=store)
         task_queue = f"e2e-{request.param}-{uuid.uuid4()}"
         async with Worker(local_env.client, task_queue=task_queue, plugins=[plugin]):
-            s = Stack(request.param, local_env.client, task_queue, cluster, store, plugin)
+            s = Stack(request.param, local_env.client, task_queue, cluster, store, plugin, repo)
             await s.run(
                 "InitCluster", InitClusterInput(cluster_uuid=CLUSTER, namespace="e2e"), InitClusterResult
             )
@@ -206,6 +210,7 @@ async def test_install_status_services_values_uninstall(stack: Stack):
 
 
 async def test_install_with_generated_name(stack: Stack):
+    index_fetches = len(stack.repo.requests_for("/index.yaml"))
     res = await stack.run(
         "InstallKdu",
         InstallKduInput(cluster_uuid=CLUSTER, kdu_model="e2e/webapp", namespace="gen", timeout=60),
@@ -215,6 +220,9 @@ async def test_install_with_generated_name(stack: Stack):
     assert re.fullmatch(r"e2e-webapp-\d{10}", res.kdu_instance), res.kdu_instance
     listed = await stack.helm("list", "-n", "gen")
     assert [r["name"] for r in listed] == [res.kdu_instance]
+    # The repository index this worker fetched during InitCluster is fresh and lists the chart:
+    # installing "repo/chart" must not refresh it again.
+    assert len(stack.repo.requests_for("/index.yaml")) == index_fetches > 0
     await stack.run("UninstallKdu", UninstallKduInput(CLUSTER, res.kdu_instance, "gen"), KduResult)
 
 
