@@ -209,11 +209,17 @@ async def test_install_status_services_values_uninstall(stack: Stack):
     assert again.status == "absent" and "absent" in again.message
 
 
-async def test_install_with_generated_name(stack: Stack):
+async def test_install_with_generated_name_and_a_load_balancer(stack: Stack):
     index_fetches = len(stack.repo.requests_for("/index.yaml"))
     res = await stack.run(
         "InstallKdu",
-        InstallKduInput(cluster_uuid=CLUSTER, kdu_model="e2e/webapp", namespace="gen", timeout=60),
+        InstallKduInput(
+            cluster_uuid=CLUSTER,
+            kdu_model="e2e/webapp",
+            namespace="gen",
+            timeout=60,
+            params={"service": {"type": "LoadBalancer"}},
+        ),
         KduResult,
     )
     # N2VC's scheme keeps the repository prefix: "<repo>-<chart>-<10 digits>".
@@ -223,6 +229,11 @@ async def test_install_with_generated_name(stack: Stack):
     # The repository index this worker fetched during InitCluster is fresh and lists the chart:
     # installing "repo/chart" must not refresh it again.
     assert len(stack.repo.requests_for("/index.yaml")) == index_fetches > 0
+    services = await stack.run(
+        "KduServices", KduRefInput(CLUSTER, res.kdu_instance, "gen"), KduServicesResult
+    )
+    (svc,) = services.services
+    assert (svc.type, svc.pending) == ("LoadBalancer", False) and svc.external_ip and svc.cluster_ip
     await stack.run("UninstallKdu", UninstallKduInput(CLUSTER, res.kdu_instance, "gen"), KduResult)
 
 
