@@ -44,11 +44,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     connect = temporal_connect_config(os.environ)
-    client = await Client.connect(**connect)
     plugin = KduflowPlugin(settings=settings)
-    worker = Worker(
-        client, task_queue=settings.task_queue, plugins=[plugin], graceful_shutdown_timeout=GRACEFUL_SHUTDOWN
-    )
+    # On the client, so its payload codec (when a key is set) applies; the worker inherits the plugin.
+    client = await Client.connect(**connect, plugins=[plugin])
+    worker = Worker(client, task_queue=settings.task_queue, graceful_shutdown_timeout=GRACEFUL_SHUTDOWN)
+    if not plugin.encrypts_payloads:
+        log.warning(
+            "KDUFLOW_SECRET_KEY is not set: workflow inputs (chart values, kubeconfigs) are stored "
+            "unencrypted in Temporal histories"
+        )
     log.info(
         "kduflow worker on %s, task queue %r; %s",
         connect.get("target_host"),

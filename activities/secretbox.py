@@ -119,6 +119,35 @@ class SecretBox:
     def key_ids(self) -> tuple[str, ...]:
         return tuple(key_id for key_id, _ in self.keys)
 
+    def encrypt_bytes(self, plaintext: bytes, aad: bytes = b"") -> tuple[str, bytes, bytes]:
+        """Encrypt with the first key and a fresh random 96-bit nonce; returns (key_id, nonce, ciphertext)."""
+        key_id, key = self.keys[0]
+        nonce = os.urandom(NONCE_BYTES)
+        return key_id, nonce, AESGCM(key).encrypt(nonce, plaintext, aad)
+
+    def decrypt_bytes(self, key_id: Any, nonce: bytes, ciphertext: bytes, aad: bytes = b"") -> bytes:
+        """Decrypt what :meth:`encrypt_bytes` made with the key ``key_id`` and the same ``aad``.
+
+        Raises:
+            SecretBoxError: unknown key id, bad nonce, or authentication failure (wrong key for that
+                id, tampered data, or data bound to other associated data). Names the key id only.
+        """
+        key = dict(self.keys).get(key_id) if isinstance(key_id, str) else None
+        if key is None:
+            raise SecretBoxError(
+                f"data was encrypted with key id {key_id!r}, which is not configured "
+                f"(configured: {', '.join(self.key_ids)})"
+            )
+        if len(nonce) != NONCE_BYTES:
+            raise SecretBoxError(f"data for key id {key_id!r} has a {len(nonce)}-byte nonce")
+        try:
+            return AESGCM(key).decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise SecretBoxError(
+                f"cannot decrypt with key id {key_id!r}: wrong key for that id, tampered data, "
+                "or data that belongs to another document"
+            ) from None
+
     def encrypt_json(self, obj: Any, aad: bytes = b"") -> dict[str, Any]:
         """Encrypt a JSON-serialisable value with the first key and a fresh random 96-bit nonce.
 
@@ -132,13 +161,11 @@ class SecretBox:
         Raises:
             SecretBoxError: ``obj`` is not JSON-serialisable.
         """
-        key_id, key = self.keys[0]
         try:
             plaintext = json.dumps(obj, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
         except (TypeError, ValueError) as err:
             raise SecretBoxError(f"value to encrypt is not JSON-serialisable: {type(err).__name__}") from None
-        nonce = os.urandom(NONCE_BYTES)
-        ciphertext = AESGCM(key).encrypt(nonce, plaintext, aad)
+        key_id, nonce, ciphertext = self.encrypt_bytes(plaintext, aad)
         return {
             ENVELOPE_KEY: {
                 "v": ENVELOPE_VERSION,
@@ -162,24 +189,9 @@ class SecretBox:
         key_id = body.get("key_id")
         if body.get("v") != ENVELOPE_VERSION:
             raise SecretBoxError(f"envelope version {body.get('v')!r} is not supported (key id {key_id!r})")
-        key = dict(self.keys).get(key_id) if isinstance(key_id, str) else None
-        if key is None:
-            raise SecretBoxError(
-                f"envelope was encrypted with key id {key_id!r}, which is not configured "
-                f"(configured: {', '.join(self.key_ids)})"
-            )
         try:
             nonce = base64.b64decode(body.get("nonce", ""), validate=True)
             ciphertext = base64.b64decode(body.get("ciphertext", ""), validate=True)
         except (binascii.Error, ValueError, TypeError):
             raise SecretBoxError(f"envelope for key id {key_id!r} has malformed base64") from None
-        if len(nonce) != NONCE_BYTES:
-            raise SecretBoxError(f"envelope for key id {key_id!r} has a {len(nonce)}-byte nonce")
-        try:
-            plaintext = AESGCM(key).decrypt(nonce, ciphertext, aad)
-        except InvalidTag:
-            raise SecretBoxError(
-                f"cannot decrypt with key id {key_id!r}: wrong key for that id, tampered data, "
-                "or an envelope that belongs to another document"
-            ) from None
-        return json.loads(plaintext)
+        return json.loads(self.decrypt_bytes(key_id, nonce, ciphertext, aad))

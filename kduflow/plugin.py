@@ -25,6 +25,7 @@ from activities.repos import RepoActivities
 from activities.secretbox import SecretBox
 from activities.status import StatusActivities
 from activities.store import Store
+from kduflow.codec import payload_converter
 from kduflow.config import Settings
 from workflows import KDU_WORKFLOWS
 from workflows.cluster import CLUSTER_WORKFLOWS
@@ -42,17 +43,33 @@ HEARTBEAT_THROTTLE = timedelta(seconds=2)
 class KduflowPlugin(SimplePlugin):
     """Registers kduflow's workflows and activities on a Temporal worker.
 
+    Give it to ``Client.connect(..., plugins=[...])`` to also get the payload codec (a client plugin
+    propagates to the client's workers), or to ``Worker(..., plugins=[...])`` for the registrations only.
+
     Args:
         settings: Worker configuration; read from the environment (``Settings.from_env()``) when omitted.
         store: The MongoDB-compatible store; opened from ``settings`` when omitted. A store passed in
             is not closed by the plugin.
+        encrypt_payloads: Encrypt every payload with ``kduflow.codec`` (default: when a secret key is
+            configured). ``True`` without a key is an error.
     """
 
-    def __init__(self, *, settings: Settings | None = None, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        store: Store | None = None,
+        encrypt_payloads: bool | None = None,
+    ) -> None:
         self.settings = settings or Settings.from_env()
         self._owns_store = store is None
         self.store = store or Store.open(self.settings)
         secretbox = SecretBox.from_setting(self.settings.secret_key)
+        # Chart values and kubeconfigs travel in workflow inputs: with a key, histories hold only
+        # ciphertext. The codec applies to the client the plugin is given (and its workers).
+        self.encrypts_payloads = secretbox is not None and encrypt_payloads is not False
+        if encrypt_payloads and secretbox is None:
+            raise ValueError("encrypt_payloads needs KDUFLOW_SECRET_KEY (settings.secret_key)")
         self.repos = RepoActivities(self.settings, None, self.store)
         self.envs = ClusterEnvs(self.settings, self.store, secretbox, on_materialise=self.repos.materialise)
         self.repos.envs = self.envs
@@ -61,6 +78,7 @@ class KduflowPlugin(SimplePlugin):
         self.clusters = ClusterActivities(self.settings, self.envs, self.store)
         super().__init__(
             "kduflow.KduflowPlugin",
+            data_converter=payload_converter(secretbox) if self.encrypts_payloads and secretbox else None,
             workflows=[*KDU_WORKFLOWS, *CLUSTER_WORKFLOWS],
             activities=[
                 *activity_methods(self.release),
