@@ -100,3 +100,47 @@ def test_worker_refuses_a_bad_setting_at_start_naming_the_variable(tmp_path: Pat
     assert variable in proc.stderr
     if variable == "KDUFLOW_SECRET_KEY":
         assert "dG9vc2hvcnQ" not in proc.stderr  # never echo a key
+
+
+def test_dev_worker_starts_on_embedded_defaults_and_stops_on_ctrl_c(tmp_path: Path):
+    """`./run worker`: a dev server and a worker on the embedded store; SIGINT stops both cleanly."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "KDUFLOW_", "MONGO_"))}
+    env["KDUFLOW_STATE_DIR"] = str(tmp_path / "state")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kduflow.devserver", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "kduflow worker on" in line or not line:
+                break
+        assert any("kduflow worker on" in line for line in lines), "".join(lines)
+        banner = next(line for line in lines if "kduflow worker on" in line)
+        assert f"127.0.0.1:{port}" in banner and "store=embedded" in banner and "tools/helm4/helm" in banner
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, "".join(lines) + out
+    assert "Traceback" not in out
+    with socket.socket() as sock:  # the dev server went away with the worker
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
