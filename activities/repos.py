@@ -207,12 +207,8 @@ class ChartRepos:
         doc = await self.store.find_one(REPOS_COLLECTION, {"_id": repo_id})
         if doc is None:
             return None
-        name, url = doc.get("name"), doc.get("url")
-        oci = (
-            doc.get("oci") is True
-            or str(doc.get("oci", "")).lower() == "true"
-            or (isinstance(url, str) and url.startswith("oci://"))
-        )
+        name, url = str(doc.get("name") or ""), str(doc.get("url") or "")
+        oci = doc.get("oci") is True or str(doc.get("oci", "")).lower() == "true" or url.startswith("oci://")
         try:
             repo_cli.validate_repo_name(name)
             repo_cli.validate_repo_url(url, oci=oci)
@@ -521,7 +517,8 @@ def _write_repo_files(env: ClusterEnv, repos: Iterable[Repo], keep_cache: frozen
         _write_private(registry, json.dumps({"auths": auths}, indent=1).encode())
     else:
         registry.unlink(missing_ok=True)
-    old = previous.get("repos") if isinstance(previous.get("repos"), dict) else {}
+    recorded = previous.get("repos")
+    old: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     cache_dir = Path(env.env["HELM_CACHE_HOME"]) / "repository"
     for name in set(old) | set(state):
         if name in keep_cache or old.get(name) == state.get(name):

@@ -37,6 +37,7 @@ def fields(buf: bytes) -> list[tuple[int, int, Any]]:
     while pos < len(buf):
         tag, pos = _varint(buf, pos)
         num, wt = tag >> 3, tag & 7
+        val: int | bytes
         if num == 0:
             raise ValueError("field number 0")
         if wt == 0:

@@ -16,9 +16,35 @@ _SET_TERM = re.compile(r"^(?P<key>[^\s!=(),]+)\s+(?P<op>in|notin)\s*\((?P<vals>[
 Requirement = Callable[[Mapping[str, str]], bool]
 
 
+def _in(key: str, values: frozenset[str]) -> Requirement:
+    return lambda labels: labels.get(key) in values
+
+
+def _not_in(key: str, values: frozenset[str]) -> Requirement:
+    return lambda labels: labels.get(key) not in values
+
+
+def _eq(key: str, value: str) -> Requirement:
+    return lambda labels: labels.get(key) == value
+
+
+def _ne(key: str, value: str) -> Requirement:
+    return lambda labels: labels.get(key) != value
+
+
+def _exists(key: str) -> Requirement:
+    return lambda labels: key in labels
+
+
+def _absent(key: str) -> Requirement:
+    return lambda labels: key not in labels
+
+
 def _split_terms(selector: str) -> list[str]:
     """Split on commas outside parentheses."""
-    terms, depth, cur = [], 0, []
+    terms: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in selector:
         if ch == "(":
             depth += 1
@@ -66,26 +92,26 @@ def parse_label_selector(selector: str) -> list[Requirement]:
                 else frozenset()
             )
             if m["op"] == "in":
-                reqs.append(lambda labels, k=key, vs=vals: labels.get(k) in vs)
+                reqs.append(_in(key, vals))
             else:
-                reqs.append(lambda labels, k=key, vs=vals: labels.get(k) not in vs)
+                reqs.append(_not_in(key, vals))
             continue
         for op in ("!=", "==", "="):
             if op in term:
                 key, _, value = term.partition(op)
                 key, value = _check_key(key.strip()), _check_value(value.strip())
                 if op == "!=":
-                    reqs.append(lambda labels, k=key, v=value: labels.get(k) != v)
+                    reqs.append(_ne(key, value))
                 else:
-                    reqs.append(lambda labels, k=key, v=value: labels.get(k) == v)
+                    reqs.append(_eq(key, value))
                 break
         else:
             if term.startswith("!"):
                 key = _check_key(term[1:].strip())
-                reqs.append(lambda labels, k=key: k not in labels)
+                reqs.append(_absent(key))
             else:
                 key = _check_key(term)
-                reqs.append(lambda labels, k=key: k in labels)
+                reqs.append(_exists(key))
     return reqs
 
 
@@ -99,17 +125,18 @@ def match_labels_selector(selector: Mapping[str, Any] | None) -> list[Requiremen
     selector = selector or {}
     reqs: list[Requirement] = []
     for k, v in (selector.get("matchLabels") or {}).items():
-        reqs.append(lambda labels, k=k, v=v: labels.get(k) == v)
+        reqs.append(_eq(str(k), str(v)))
     for expr in selector.get("matchExpressions") or []:
-        key, op, vals = expr.get("key"), expr.get("operator"), frozenset(expr.get("values") or [])
+        key, op = str(expr.get("key") or ""), expr.get("operator")
+        vals = frozenset(str(v) for v in expr.get("values") or [])
         if op == "In":
-            reqs.append(lambda labels, k=key, vs=vals: labels.get(k) in vs)
+            reqs.append(_in(key, vals))
         elif op == "NotIn":
-            reqs.append(lambda labels, k=key, vs=vals: labels.get(k) not in vs)
+            reqs.append(_not_in(key, vals))
         elif op == "Exists":
-            reqs.append(lambda labels, k=key: k in labels)
+            reqs.append(_exists(key))
         elif op == "DoesNotExist":
-            reqs.append(lambda labels, k=key: k not in labels)
+            reqs.append(_absent(key))
     return reqs
 
 

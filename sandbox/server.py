@@ -103,7 +103,7 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         with self.conn_lock:
             self.connections.add(conn)
         try:
-            self.RequestHandlerClass(conn, client_address, self)
+            self.RequestHandlerClass(conn, client_address, self)  # type: ignore[arg-type]
         finally:
             with self.conn_lock:
                 self.connections.discard(conn)
@@ -151,7 +151,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks, total = [], 0
+            chunks: list[bytes] = []
+            total = 0
             while True:
                 line = self.rfile.readline(1024)
                 size = int(line.split(b";")[0].strip() or b"0", 16)
@@ -415,7 +416,7 @@ class Handler(BaseHTTPRequestHandler):
                     query.get("continue", ""),
                 ),
             )
-        elif method in ("GET", "HEAD"):
+        elif method in ("GET", "HEAD") and name is not None:  # name None: the list branch above
             obj = api.read(rt, ns, name)
             if sub == "log":
                 self._send(200, self._pod_log(obj, query).encode(), "text/plain")
