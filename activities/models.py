@@ -250,16 +250,16 @@ class ServiceInfo:
 
 
 @dataclass
-class KduServicesResult:
-    kdu_instance: str
-    namespace: str
+class KduServicesResult(KduResult):
+    """``KduServices``: the release (revision, status, chart, ...) and its Services."""
+
     services: list[ServiceInfo] = field(default_factory=list)
 
 
 @dataclass
-class KduValuesResult:
-    kdu_instance: str
-    namespace: str
+class KduValuesResult(KduResult):
+    """``KduValues``: the release (revision, status, chart, ...) and its values."""
+
     #: User-supplied values (or all computed values with all_values). Never ``None``.
     values: dict[str, Any] = field(default_factory=dict)
 

@@ -197,6 +197,14 @@ async def test_install_status_services_values_uninstall(stack: Stack):
 
     values = await stack.run("KduValues", KduRefInput(CLUSTER, rel, ns), KduValuesResult)
     assert values.values == {"replicaCount": 2, "password": secret}
+    # Every release result carries the release itself too.
+    for result in (services, values):
+        assert (result.revision, result.status, result.chart, result.app_version) == (
+            1,
+            "deployed",
+            "webapp-0.1.0",
+            "1.0.0",
+        )
 
     listed = await stack.run("KduInstances", KduInstancesInput(CLUSTER), KduInstancesResult)
     assert (rel, ns, "deployed") in {(r.name, r.namespace, r.status) for r in listed.releases}

@@ -11,6 +11,9 @@ non-retryable ``ReleaseNotFound``, not helm's error text returned as values.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TypeVar
+
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
@@ -18,12 +21,14 @@ with workflow.unsafe.imports_passed_through():
     from activities.models import (
         ACTIVITY_NAMES,
         GetValuesInput,
+        HistoryResult,
         InspectInput,
         InspectKduInput,
         InspectKduResult,
         KduInstancesInput,
         KduInstancesResult,
         KduRefInput,
+        KduResult,
         KduServicesResult,
         KduStatusResult,
         KduValuesResult,
@@ -37,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import common, validation
 
+T = TypeVar("T", bound=KduResult)
+
 FMT_NOT_FOUND_ANYWHERE = "release {name} not found in any namespace of cluster {cluster}"
 
 
@@ -45,6 +52,27 @@ async def _ref(inp: KduRefInput) -> ReleaseRef | None:
     if namespace is None:
         return None
     return ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
+
+
+async def _with_release(ref: ReleaseRef, result: T) -> T:
+    """``result`` completed with the release's latest revision, status, description and chart."""
+    history = await common.call_read(
+        ACTIVITY_NAMES["history"],
+        ref,
+        HistoryResult,
+        f"reading the history of {ref.namespace}/{ref.kdu_instance}",
+    )
+    if not history.entries:
+        return replace(result, status=ReleaseStatus.ABSENT.value)
+    latest = max(history.entries, key=lambda e: e.revision)
+    return replace(
+        result,
+        revision=latest.revision,
+        status=latest.status,
+        description=latest.description,
+        chart=latest.chart,
+        app_version=latest.app_version,
+    )
 
 
 def _not_found(inp: KduRefInput) -> ApplicationError:
@@ -113,12 +141,13 @@ class KduServices:
         ref = await _ref(inp)
         if ref is None:
             raise _not_found(inp)
-        return await common.call_read(
+        services = await common.call_read(
             ACTIVITY_NAMES["services"],
             ref,
             KduServicesResult,
             f"reading the services of {ref.namespace}/{ref.kdu_instance}",
         )
+        return await _with_release(ref, services)
 
 
 @workflow.defn(name="KduValues")
@@ -139,9 +168,10 @@ class KduValues:
             ValuesResult,
             f"reading the values of {ref.namespace}/{ref.kdu_instance}",
         )
-        return KduValuesResult(
+        values = KduValuesResult(
             kdu_instance=ref.kdu_instance, namespace=ref.namespace, values=result.values or {}
         )
+        return await _with_release(ref, values)
 
 
 @workflow.defn(name="InspectKdu")

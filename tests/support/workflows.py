@@ -300,9 +300,9 @@ def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
         cluster.calls["kdu.services"].append(ref)
         cluster._fail("kdu.services")
         return KduServicesResult(
-            ref.kdu_instance,
-            ref.namespace,
-            [ServiceInfo(f"{ref.kdu_instance}-svc", ref.namespace, ports=[ServicePort(80)])],
+            kdu_instance=ref.kdu_instance,
+            namespace=ref.namespace,
+            services=[ServiceInfo(f"{ref.kdu_instance}-svc", ref.namespace, ports=[ServicePort(80)])],
         )
 
     @activity.defn(name="kdu.status")
