@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -314,9 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # An activity failing on purpose (step 3b) is logged by the SDK with a traceback: keep the demo readable.
     logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+
+    async def until_signal() -> None:
+        # Ctrl-C or SIGTERM cancels the demo, so every `async with` above unwinds: the worker shuts
+        # down, the sandbox, chart repository and dev server stop; nothing is left running.
+        main = asyncio.current_task()
+        assert main is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, main.cancel)
+        await run_demo(args)
+
     try:
-        asyncio.run(run_demo(args))
-    except KeyboardInterrupt:
+        asyncio.run(until_signal())
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("\nstopped")
     return 0
 
