@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from activities.kubeapi import _BUILTIN, split_api_version
+from sandbox.tls import CertificateAuthority
 
 
 def plural_of(api_version: str, kind: str) -> tuple[str, bool]:
@@ -331,86 +332,12 @@ class Pki:
 
 
 def make_pki(directory: Path) -> Pki:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    def key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    def pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
-        return k.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kduflow-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(cn: str, server: bool) -> tuple[bytes, bytes]:
-        k = key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(ca_name)
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("kube.test")]
-                ),
-                critical=False,
-            )
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), pem_key(k)
-
-    server_cert, server_key = leaf("127.0.0.1", True)
-    client_cert, client_key = leaf("kduflow-client", False)
+    ca = CertificateAuthority("kduflow-test-ca")
+    server_cert, server_key = ca.issue("127.0.0.1", ("127.0.0.1", "kube.test"))
+    client_cert, client_key = ca.issue("kduflow-client", client=True)
     (directory / "server.crt").write_bytes(server_cert)
     (directory / "server.key").write_bytes(server_key)
-    return Pki(
-        ca.public_bytes(serialization.Encoding.PEM),
-        directory / "server.crt",
-        directory / "server.key",
-        client_cert,
-        client_key,
-    )
+    return Pki(ca.pem, directory / "server.crt", directory / "server.key", client_cert, client_key)
 
 
 @contextmanager
