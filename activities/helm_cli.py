@@ -547,25 +547,34 @@ class ReleaseDocument:
         )  # fmt: skip
 
 
+def release_text_fields(doc: Mapping[str, Any]) -> dict[str, str]:
+    """The text fields of a helm release JSON object, which helm prints (``-o json``) and stores
+    (the ``sh.helm.release.v1`` Secret) in the same shape. ``config`` (user values) is never read."""
+    info = doc.get("info") or {}
+    meta = (doc.get("chart") or {}).get("metadata") or {}
+    return {
+        "name": str(doc.get("name") or ""),
+        "namespace": str(doc.get("namespace") or ""),
+        "description": str(info.get("description") or ""),
+        "chart_name": str(meta.get("name") or ""),
+        "chart_version": str(meta.get("version") or ""),
+        "app_version": str(meta.get("appVersion") or ""),
+        "notes": str(info.get("notes") or ""),
+        "apply_method": str(doc.get("apply_method") or ""),
+        "last_deployed": str(info.get("last_deployed") or ""),
+    }
+
+
 def parse_release(stdout: bytes | str) -> ReleaseDocument:
     """Parse a release JSON document (``status``, ``install`` and ``upgrade`` with ``-o json``)."""
     doc = load_json(stdout)
     if not isinstance(doc, dict):
         raise ValueError("helm release output is not a JSON object")
     info = doc.get("info") or {}
-    meta = (doc.get("chart") or {}).get("metadata") or {}
     return ReleaseDocument(
-        name=str(doc.get("name", "")),
-        namespace=str(doc.get("namespace", "")),
+        **release_text_fields(doc),
         revision=int(doc.get("version") or 0),
         status=_status(info.get("status")),
-        description=str(info.get("description") or ""),
-        chart_name=str(meta.get("name") or ""),
-        chart_version=str(meta.get("version") or ""),
-        app_version=str(meta.get("appVersion") or ""),
-        notes=str(info.get("notes") or ""),
-        apply_method=str(doc.get("apply_method") or ""),
-        last_deployed=str(info.get("last_deployed") or ""),
         resources=dict(info.get("resources") or {}),
     )
 

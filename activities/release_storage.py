@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from activities import errors
+from activities.helm_cli import release_text_fields
 from activities.kubeapi import KubeApiBase, KubeNotFound
 
 DRIVERS = ("secret", "configmap")
@@ -82,21 +83,12 @@ def decode_release_data(data: str, driver: str = "secret") -> dict[str, Any]:
 def parse_release(doc: dict[str, Any]) -> StoredRelease:
     """The metadata of a decoded release JSON; ``config``, hooks and chart files are not copied."""
     info = doc.get("info") or {}
-    metadata = (doc.get("chart") or {}).get("metadata") or {}
     return StoredRelease(
-        name=str(doc.get("name") or ""),
-        namespace=str(doc.get("namespace") or ""),
+        **release_text_fields(doc),
         version=_int(doc.get("version")),
         status=str(info.get("status") or "unknown"),
-        description=str(info.get("description") or ""),
-        chart_name=str(metadata.get("name") or ""),
-        chart_version=str(metadata.get("version") or ""),
-        app_version=str(metadata.get("appVersion") or ""),
         first_deployed=str(info.get("first_deployed") or ""),
-        last_deployed=str(info.get("last_deployed") or ""),
-        notes=str(info.get("notes") or ""),
         manifest=str(doc.get("manifest") or ""),
-        apply_method=str(doc.get("apply_method") or ""),
     )
 
 
