@@ -40,11 +40,6 @@ MIN_HELM4 = (4, 2, 0)
 # Release names: DNS-1123 subdomain, at most 53 characters (helm's own limit).
 _RELEASE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_KEY_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_KEY_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-# Labels helm reserves for its own storage (helm rejects them on install/upgrade).
-_HELM_SYSTEM_LABELS = frozenset({"name", "owner", "status", "version", "createdAt", "modifiedAt"})
 _CHART_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_~^<>=*, -]*$")
 _URL = re.compile(r"^https?://\S+$")
 
@@ -121,20 +116,11 @@ def check_chart_version(version: str, field: str = "version") -> str:
 
 
 def check_labels(labels: Mapping[str, str], field: str = "labels") -> dict[str, str]:
-    """Kubernetes label syntax (helm stores release labels on its storage Secret)."""
-    for key, value in labels.items():
-        prefix, slash, name = key.rpartition("/")
-        if (
-            not isinstance(value, str)
-            or not _LABEL_KEY_NAME.match(name)
-            or (slash and (len(prefix) > 253 or not _LABEL_KEY_PREFIX.match(prefix)))
-            or len(value) > 63
-            or not _LABEL_VALUE.match(value)
-        ):
-            raise InvalidInput(f"{field}: {key!r} is not a valid label key/value pair")
-        if key in _HELM_SYSTEM_LABELS:
-            raise InvalidInput(f"{field}: {key!r} is reserved by helm")
-    return dict(labels)
+    """Kubernetes label syntax, helm's reserved labels refused (the workflows' rule)."""
+    try:
+        return validation.validate_labels(labels, field)
+    except validation.InvalidInputError as err:
+        raise InvalidInput(f"{field}: {err.message}") from None
 
 
 def _timeout(seconds: int | float) -> str:
