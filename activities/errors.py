@@ -24,6 +24,9 @@ Every failure an activity reports is one of these classes. At the activity bound
     |   |-- ClusterNotFound              no credentials registered for the cluster
     |   |-- CredentialsInvalid           401/403, bad certificate, registry login required
     |   |-- RepoNotFound                 a helm repository is not registered
+    |   |-- UrlNotAllowed                a URL or host outside the operator's URL policy
+    |   |-- ClusterExists                InitCluster would replace a registered cluster's
+    |   |                                credentials without replace_credentials
     |   `-- UnsupportedHelm              helm binary missing, too old, or rejected a flag
     `-- RetryableError                   retryable=True: Temporal retries with backoff
         |-- ClusterUnreachable           connection refused, DNS, i/o or TLS handshake timeout
@@ -145,6 +148,14 @@ class UnsupportedHelm(PermanentError):
     pass
 
 
+class UrlNotAllowed(PermanentError):
+    pass
+
+
+class ClusterExists(PermanentError):
+    pass
+
+
 class ClusterUnreachable(RetryableError):
     pass
 
@@ -170,7 +181,7 @@ NON_RETRYABLE_TYPES: tuple[str, ...] = (
     "InvalidInput", "ChartNotFound", "RenderFailed", "ReleaseNotFound", "InvalidResource",
     "ReleaseNameInUse", "ReleaseFailed", "UpgradeFailed", "UpgradeRolledBack", "RollbackFailed",
     "ReplicaKeyNotFound", "ReplicaKeyAmbiguous", "ClusterNotFound", "CredentialsInvalid",
-    "RepoNotFound", "UnsupportedHelm",
+    "RepoNotFound", "UnsupportedHelm", "UrlNotAllowed", "ClusterExists",
 )  # fmt: skip
 
 # Ordered rules: the FIRST match wins, so specific phrases sit above generic ones. Patterns are

@@ -60,6 +60,16 @@ class Settings:
     secret_key: str = ""
     poll_interval: float = 5.0
     stable_repo_url: str = ""
+    #: Commands a kubeconfig's ``exec`` credential plugin may name (bare names or absolute paths).
+    exec_plugins: tuple[str, ...] = ()
+    #: Whether a kubeconfig may route the cluster's traffic through its ``proxy-url``.
+    kubeconfig_proxy: bool = False
+    #: Collections a workflow's ``db_dict`` may write status into.
+    status_collections: tuple[str, ...] = ("nsrs",)
+    #: URLs, hosts and host globs workflow input may name besides the registered repositories.
+    url_allowlist: tuple[str, ...] = ()
+    #: Networks (CIDR) that URLs from workflow input may resolve into although they are internal.
+    private_networks: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -102,6 +112,8 @@ class Settings:
         if self.charts_dir is not None and not isinstance(self.charts_dir, Path):
             object.__setattr__(self, "charts_dir", Path(self.charts_dir))
         object.__setattr__(self, "poll_interval", float(self.poll_interval))
+        for name in ("exec_plugins", "status_collections", "url_allowlist", "private_networks"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def __repr__(self) -> str:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -132,6 +144,11 @@ class Settings:
             f"encryption={secret}",
             f"poll_interval={self.poll_interval:g}s",
             f"stable_repo_url={redact_uri(self.stable_repo_url) if self.stable_repo_url else '-'}",
+            f"exec_plugins={','.join(self.exec_plugins) or '-'}",
+            f"kubeconfig_proxy={'allowed' if self.kubeconfig_proxy else 'refused'}",
+            f"status_collections={','.join(self.status_collections)}",
+            f"url_allowlist={','.join(self.url_allowlist) or '-'}",
+            f"private_networks={','.join(self.private_networks) or '-'}",
         ]
         return " ".join(parts)
 
@@ -182,6 +199,19 @@ _SPECS: tuple[_Spec, ...] = (
           f"status poll interval in seconds [{POLL_INTERVAL_MIN:g}, {POLL_INTERVAL_MAX:g}] (default 5)"),
     _Spec("stable_repo_url", "KDUFLOW_STABLE_REPO_URL", "--stable-repo-url",
           "URL of the 'stable' chart repository added to every cluster (empty: none)"),
+    _Spec("exec_plugins", "KDUFLOW_EXEC_PLUGINS", "--exec-plugins",
+          "comma-separated commands a kubeconfig's exec credential plugin may run, as bare names on "
+          "PATH or absolute paths (e.g. aws,kubelogin); shells and interpreters are refused (default: none)"),
+    _Spec("kubeconfig_proxy", "KDUFLOW_ALLOW_KUBECONFIG_PROXY", "--allow-kubeconfig-proxy",
+          "true to let kubeconfigs use a cluster proxy-url (default false)"),
+    _Spec("status_collections", "KDUFLOW_STATUS_COLLECTIONS", "--status-collections",
+          "comma-separated MongoDB collections db_dict may write status into (default nsrs)"),
+    _Spec("url_allowlist", "KDUFLOW_URL_ALLOWLIST", "--url-allowlist",
+          "comma-separated URL prefixes (https://host[:port]/path, oci://host[:port]/path), hosts or "
+          "*.domain globs that workflow input may name besides registered repositories (default: none)"),
+    _Spec("private_networks", "KDUFLOW_ALLOW_PRIVATE_NETWORKS", "--allow-private-networks",
+          "comma-separated CIDRs (e.g. 10.20.0.0/16) that allowlisted URLs may resolve into although "
+          "they are loopback, link-local, private or unspecified (default: none)"),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
 SECRET_KEY_FILE_ENV = "KDUFLOW_SECRET_KEY_FILE"
@@ -386,6 +416,92 @@ def _validate_url(raw: Any, label: str, environ: Mapping[str, str]) -> str:
     return value
 
 
+#: Commands that would hand a kubeconfig author a general-purpose interpreter.
+_INTERPRETERS = frozenset({
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "ash", "busybox", "env",
+    "python", "python3", "perl", "ruby", "node", "nodejs", "php", "lua", "tclsh", "awk", "gawk",
+    "xargs", "sudo", "su", "nohup", "timeout", "nice", "script", "expect", "osascript", "pwsh",
+})  # fmt: skip
+_COMMAND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_ALLOW_HOST = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+def _split_list(raw: Any) -> list[str]:
+    if isinstance(raw, str):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return [str(item).strip() for item in raw if str(item).strip()]
+
+
+def _validate_exec_plugins(raw: Any, label: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in _split_list(raw):
+        base = os.path.basename(item)
+        if os.sep in item:
+            if not os.path.isabs(item) or os.path.normpath(item) != item:
+                raise ConfigError(f"{label}: {item!r} must be an absolute, normalised path or a bare name")
+        elif not _COMMAND_NAME.fullmatch(item):
+            raise ConfigError(f"{label}: {item!r} is not a command name")
+        stem = re.sub(r"[0-9.]+$", "", base)
+        if base in _INTERPRETERS or stem in _INTERPRETERS:
+            raise ConfigError(f"{label}: {item!r} is a shell or interpreter; allow the plugin binary itself")
+        out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
+def _validate_bool(raw: Any, label: str, environ: Mapping[str, str]) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{label}={raw!r}: must be true or false")
+
+
+def _validate_collections(raw: Any, label: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    items = _split_list(raw)
+    if not items:
+        raise ConfigError(f"{label}: give at least one collection name")
+    for item in items:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,63}", item) or item.startswith("system"):
+            raise ConfigError(f"{label}: {item!r} is not a plain collection name")
+        if item in ("k8sclusters", "k8srepos"):
+            raise ConfigError(f"{label}: {item!r} holds credentials; status must never be written there")
+    return tuple(dict.fromkeys(items))
+
+
+def _validate_url_allowlist(raw: Any, label: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for item in _split_list(raw):
+        if "://" in item:
+            try:
+                parts = urlsplit(item)
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                raise ConfigError(f"{label}: {redact_uri(item)!r} is not a URL") from None
+            if parts.scheme not in ("http", "https", "oci") or not parts.hostname:
+                raise ConfigError(f"{label}: {redact_uri(item)!r} must be an http, https or oci URL with a host")
+            if "@" in parts.netloc or parts.query or parts.fragment:
+                raise ConfigError(f"{label}: {redact_uri(item)!r} must not carry credentials, a query or a fragment")
+        elif not _ALLOW_HOST.fullmatch(item):
+            raise ConfigError(f"{label}: {item!r} is neither a URL nor a host name or *.domain glob")
+        out.append(item)
+    return tuple(dict.fromkeys(out))
+
+
+def _validate_networks(raw: Any, label: str, environ: Mapping[str, str]) -> tuple[str, ...]:
+    import ipaddress
+
+    out: list[str] = []
+    for item in _split_list(raw):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{label}: {item!r} is not a network in CIDR notation") from None
+    return tuple(dict.fromkeys(out))
+
+
 _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "helm": _validate_executable,
     "kubectl": _validate_executable,
@@ -397,4 +513,9 @@ _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "secret_key": _validate_secret_key,
     "poll_interval": _validate_poll_interval,
     "stable_repo_url": _validate_url,
+    "exec_plugins": _validate_exec_plugins,
+    "kubeconfig_proxy": _validate_bool,
+    "status_collections": _validate_collections,
+    "url_allowlist": _validate_url_allowlist,
+    "private_networks": _validate_networks,
 }
