@@ -468,4 +468,5 @@ ACTIVITY_NAMES = {
     # status activities (activities/status.py)
     "status": "kdu.status",  # StatusInput -> KduStatusResult
     "poll_status": "kdu.poll_status",  # PollStatusInput -> None (runs until cancelled)
+    "check_status_target": "kdu.check_status_target",  # DbDict -> None (local activity)
 }

@@ -79,6 +79,7 @@ from activities.readiness import (
 from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
 from activities.store import Store
 from kduflow.config import Settings
+from workflows import validation
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +125,25 @@ def validate_ref(ref: ReleaseRef, field: str = "ref") -> None:
         raise _invalid(f"{field}.namespace", f"{ns!r} is not a valid namespace")
 
 
-def validate_db_dict(db: DbDict, field: str = "db_dict") -> None:
-    if not isinstance(db.collection, str) or not db.collection:
-        raise _invalid(f"{field}.collection", "must be a non-empty string")
-    if not isinstance(db.filter, Mapping) or not db.filter:
-        raise _invalid(f"{field}.filter", "must be a non-empty mapping")
-    if not isinstance(db.path, str) or not db.path.strip("."):
-        raise _invalid(f"{field}.path", "must be a non-empty dotted path")
+def validate_db_dict(
+    db: Any, allowed_collections: tuple[str, ...] | None = None, field: str = "db_dict"
+) -> DbDict:
+    """The workflows' ``db_dict`` rules, plus the operator's collection allowlist when given.
+
+    Activities check again what the workflow checked: any workflow (not only kduflow's) can schedule
+    these activities on the task queue, so the status target is hostile until checked here too.
+    Raises a non-retryable ``InvalidInput`` naming the field; never echoes filter values.
+    """
+    checked = validation.validate_db_dict(db, field)
+    if checked is None:
+        raise _invalid(field, "must be an object")
+    if allowed_collections is not None and checked.collection not in allowed_collections:
+        raise validation.InvalidInputError(
+            f"{field}.collection",
+            f"{checked.collection!r} is not a collection this worker writes status to "
+            f"(KDUFLOW_STATUS_COLLECTIONS: {', '.join(allowed_collections)})",
+        )
+    return checked
 
 
 # ------------------------------------------------------------------------------------------------
@@ -529,11 +542,26 @@ class StatusActivities:
 
     async def write_status(self, db: DbDict, update: Mapping[str, Any]) -> bool:
         """``$set`` the update on ``db.filter`` in ``db.collection``; False (logged) when no document
-        matched. Store errors propagate (retryable)."""
+        matched. The target is checked against the policy before every write. Store errors
+        propagate (retryable)."""
+        db = validate_db_dict(db, self.settings.status_collections)
         matched = await self.store.update_one(db.collection, dict(db.filter), {"$set": dict(update)})
         if not matched:
-            log.warning("status write: no document in %s matches %s", db.collection, db.filter)
+            # Filter values can be anything a caller chose: log the field names only.
+            log.warning(
+                "status write: no document in %s matches the filter on %s",
+                db.collection, ", ".join(sorted(db.filter)),
+            )
         return bool(matched)
+
+    @activity.defn(name=ACTIVITY_NAMES["check_status_target"])
+    async def check_status_target(self, db: DbDict) -> None:
+        """Refuse (non-retryable ``InvalidInput``) a ``db_dict`` outside the status-write policy.
+
+        Run by the workflows as a local activity before helm: the collection allowlist is the
+        worker's configuration, which workflow code cannot read.
+        """
+        validate_db_dict(db, self.settings.status_collections)
 
     # -- activities --------------------------------------------------------------------------
 
@@ -549,7 +577,7 @@ class StatusActivities:
         """
         validate_ref(input.ref)
         if input.db_dict is not None:
-            validate_db_dict(input.db_dict)
+            validate_db_dict(input.db_dict, self.settings.status_collections)
         # A one-shot call re-reads the credentials (they may have been rotated since the last use).
         api = await self.api_for(input.ref.cluster_uuid, refresh=True)
         try:
@@ -592,7 +620,7 @@ class StatusActivities:
         CancelledError. Schedule with a heartbeat timeout larger than ``interval``.
         """
         validate_ref(input.ref)
-        validate_db_dict(input.db_dict)
+        validate_db_dict(input.db_dict, self.settings.status_collections)
         interval = max(float(input.interval), MIN_POLL_INTERVAL)
         polls = writes = failures = 0
         last_digest = ""

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import temporalio.converter
 from temporalio.api.common.v1 import Payload
+from temporalio.exceptions import ApplicationError, FailureError
 
 from activities.secretbox import SecretBox, SecretBoxError
 
@@ -62,6 +64,59 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         return out
 
 
+class InputPayloadConverter(temporalio.converter.DefaultPayloadConverter):
+    """The SDK's default payload converter, except that a payload it cannot decode fails the workflow.
+
+    Workflow arguments are decoded before workflow code runs. When that raises (JSON nested deeper
+    than the decoder's recursion limit, bytes that are not UTF-8 or not JSON, an unknown encoding),
+    the SDK fails the workflow *task*, which is retried for ever while the workflow stays RUNNING.
+    An ``ApplicationError`` raised here fails the workflow instead (the SDK re-raises failure
+    errors from argument decoding unwrapped): non-retryable ``InvalidInput`` naming no content.
+    """
+
+    def from_payloads(self, payloads: Sequence[Payload], type_hints: list[type] | None = None) -> list[Any]:
+        try:
+            return super().from_payloads(payloads, type_hints)
+        except FailureError:
+            raise
+        except Exception as err:  # noqa: BLE001 - every decoding failure is the caller's input
+            raise ApplicationError(
+                f"invalid input: a payload could not be decoded ({type(err).__name__})",
+                {"field": "input"},
+                type="InvalidInput",
+                non_retryable=True,
+            ) from None
+
+
+def data_converter(
+    box: SecretBox | None, base: temporalio.converter.DataConverter | None = None
+) -> temporalio.converter.DataConverter:
+    """kduflow's data converter: strict input decoding, and with ``box`` encryption of everything.
+
+    With a box, payloads go through :class:`EncryptionCodec` and failures through the SDK's
+    ``DefaultFailureConverterWithEncodedAttributes``: the default failure converter keeps failure
+    messages and stack traces in clear, and helm's error text can quote a caller's values, so
+    those move into an encoded payload that the codec encrypts.
+    """
+    converter = dataclasses.replace(
+        base or temporalio.converter.default(), payload_converter_class=InputPayloadConverter
+    )
+    if box is None:
+        return converter
+    return dataclasses.replace(
+        converter,
+        payload_codec=EncryptionCodec(box),
+        failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
 def payload_converter(box: SecretBox) -> temporalio.converter.DataConverter:
-    """The default data converter with kduflow's encryption codec."""
-    return dataclasses.replace(temporalio.converter.default(), payload_codec=EncryptionCodec(box))
+    """The data converter a client needs to talk to encrypting kduflow workers (:func:`data_converter`)."""
+    return data_converter(box)
+
+
+def encrypts(converter: temporalio.converter.DataConverter) -> bool:
+    """True when ``converter`` encrypts payloads with kduflow's codec and encodes failure attributes."""
+    return isinstance(converter.payload_codec, EncryptionCodec) and issubclass(
+        converter.failure_converter_class, temporalio.converter.DefaultFailureConverterWithEncodedAttributes
+    )

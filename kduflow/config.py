@@ -423,7 +423,8 @@ _INTERPRETERS = frozenset({
     "xargs", "sudo", "su", "nohup", "timeout", "nice", "script", "expect", "osascript", "pwsh",
 })  # fmt: skip
 _COMMAND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-_ALLOW_HOST = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+_HOST_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_ALLOW_HOST = re.compile(rf"(\*\.)?{_HOST_LABEL}(\.{_HOST_LABEL})*")
 
 
 def _split_list(raw: Any) -> list[str]:
@@ -481,9 +482,13 @@ def _validate_url_allowlist(raw: Any, label: str, environ: Mapping[str, str]) ->
             except ValueError:
                 raise ConfigError(f"{label}: {redact_uri(item)!r} is not a URL") from None
             if parts.scheme not in ("http", "https", "oci") or not parts.hostname:
-                raise ConfigError(f"{label}: {redact_uri(item)!r} must be an http, https or oci URL with a host")
+                raise ConfigError(
+                    f"{label}: {redact_uri(item)!r} must be an http, https or oci URL with a host"
+                )
             if "@" in parts.netloc or parts.query or parts.fragment:
-                raise ConfigError(f"{label}: {redact_uri(item)!r} must not carry credentials, a query or a fragment")
+                raise ConfigError(
+                    f"{label}: {redact_uri(item)!r} must not carry credentials, a query or a fragment"
+                )
         elif not _ALLOW_HOST.fullmatch(item):
             raise ConfigError(f"{label}: {item!r} is neither a URL nor a host name or *.domain glob")
         out.append(item)

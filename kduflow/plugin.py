@@ -2,9 +2,12 @@
 
 An orchestrator that already runs its own Temporal worker embeds kduflow with::
 
-    worker = Worker(client, task_queue="kduflow", plugins=[KduflowPlugin()])
+    client = await Client.connect("temporal:7233", plugins=[KduflowPlugin()])
+    worker = Worker(client, task_queue="kduflow")
 
-``worker.py`` does exactly that for a standalone worker. The plugin owns the resources its activities
+(the plugin goes on the client so the client's data converter matches the workers': with
+``KDUFLOW_SECRET_KEY`` set, a plugin given only to the Worker refuses to start). ``worker.py`` does
+exactly that for a standalone worker. The plugin owns the resources its activities
 share (the store client and the per-cluster environments) and closes them when the worker stops.
 """
 
@@ -15,6 +18,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import WorkerConfig
 
@@ -25,7 +30,7 @@ from activities.repos import RepoActivities
 from activities.secretbox import SecretBox
 from activities.status import StatusActivities
 from activities.store import Store
-from kduflow.codec import payload_converter
+from kduflow.codec import InputPayloadConverter, data_converter, encrypts
 from kduflow.config import Settings
 from workflows import KDU_WORKFLOWS
 from workflows.cluster import CLUSTER_WORKFLOWS
@@ -43,8 +48,10 @@ HEARTBEAT_THROTTLE = timedelta(seconds=2)
 class KduflowPlugin(SimplePlugin):
     """Registers kduflow's workflows and activities on a Temporal worker.
 
-    Give it to ``Client.connect(..., plugins=[...])`` to also get the payload codec (a client plugin
-    propagates to the client's workers), or to ``Worker(..., plugins=[...])`` for the registrations only.
+    Give it to ``Client.connect(..., plugins=[...])``: a client plugin propagates to the client's
+    workers, and the client then encodes what it sends the way the workers expect (strict input
+    decoding; with a secret key, encrypted payloads and failures). Given only to
+    ``Worker(..., plugins=[...])`` it works without a secret key and refuses to start with one.
 
     Args:
         settings: Worker configuration; read from the environment (``Settings.from_env()``) when omitted.
@@ -70,6 +77,7 @@ class KduflowPlugin(SimplePlugin):
         self.encrypts_payloads = secretbox is not None and encrypt_payloads is not False
         if encrypt_payloads and secretbox is None:
             raise ValueError("encrypt_payloads needs KDUFLOW_SECRET_KEY (settings.secret_key)")
+        self._box = secretbox if self.encrypts_payloads else None
         self.repos = RepoActivities(self.settings, None, self.store)
         self.envs = ClusterEnvs(self.settings, self.store, secretbox, on_materialise=self.repos.materialise)
         self.repos.envs = self.envs
@@ -78,7 +86,8 @@ class KduflowPlugin(SimplePlugin):
         self.clusters = ClusterActivities(self.settings, self.envs, self.store)
         super().__init__(
             "kduflow.KduflowPlugin",
-            data_converter=payload_converter(secretbox) if self.encrypts_payloads and secretbox else None,
+            # A callable: it wraps whatever converter the client already has (see _data_converter).
+            data_converter=self._data_converter,
             workflows=[*KDU_WORKFLOWS, *CLUSTER_WORKFLOWS],
             activities=[
                 *activity_methods(self.release),
@@ -89,9 +98,32 @@ class KduflowPlugin(SimplePlugin):
             run_context=self._run_context,
         )
 
+    def _data_converter(self, existing: DataConverter | None) -> DataConverter:
+        return data_converter(self._box, base=existing)
+
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
-        """See base class. Also caps the heartbeat throttle unless the worker set its own."""
+        """See base class. Also caps the heartbeat throttle unless the worker set its own.
+
+        The data converter belongs to the client: a plugin handed only to ``Worker(...)`` cannot
+        make the client that starts workflows encrypt. So with encryption on, a worker whose client
+        does not encrypt with kduflow's codec is refused at construction (rather than silently
+        writing chart values and kubeconfigs to histories in clear). Without encryption the worker
+        gets a copy of its client with kduflow's strict input decoding.
+        """
         config = super().configure_worker(config)
+        client = config.get("client")
+        if client is not None:
+            current = client.data_converter
+            if self.encrypts_payloads and not encrypts(current):
+                raise ValueError(
+                    "KduflowPlugin encrypts payloads (KDUFLOW_SECRET_KEY is set) but this worker's "
+                    "client does not: give the plugin to the client, "
+                    "Client.connect(..., plugins=[KduflowPlugin()]), not only to Worker(...)"
+                )
+            if not isinstance(current.payload_converter, InputPayloadConverter):
+                client_config = client.config()
+                client_config["data_converter"] = self._data_converter(current)
+                config["client"] = Client(**client_config)
         if (
             config.get("max_heartbeat_throttle_interval", SDK_MAX_HEARTBEAT_THROTTLE)
             == SDK_MAX_HEARTBEAT_THROTTLE

@@ -14,7 +14,14 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.secretbox import SecretBox
-from kduflow.codec import ENCODING, KEY_ID, EncryptionCodec, payload_converter
+from kduflow.codec import (
+    ENCODING,
+    KEY_ID,
+    EncryptionCodec,
+    InputPayloadConverter,
+    encrypts,
+    payload_converter,
+)
 from kduflow.config import Settings
 from kduflow.plugin import KduflowPlugin
 from tests.conftest import helm_tools
@@ -93,8 +100,13 @@ def test_plugin_installs_the_codec_only_with_a_key(tmp_path: Path):
     assert with_key.encrypts_payloads
     config = with_key.configure_client({"data_converter": None})  # type: ignore[typeddict-item]
     assert isinstance(config["data_converter"].payload_codec, EncryptionCodec)
+    # Failure messages and stack traces are encoded too, so the codec encrypts them.
+    assert encrypts(config["data_converter"])
     without = plugin()
     assert not without.encrypts_payloads
-    assert "data_converter" not in without.configure_client({})  # type: ignore[typeddict-item]
+    plain = without.configure_client({})["data_converter"]  # type: ignore[typeddict-item]
+    # No codec without a key, but the strict input decoding is always there.
+    assert plain.payload_codec is None and not encrypts(plain)
+    assert plain.payload_converter_class is InputPayloadConverter
     with pytest.raises(ValueError, match="KDUFLOW_SECRET_KEY"):
         KduflowPlugin(settings=without.settings, encrypt_payloads=True)

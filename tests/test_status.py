@@ -404,6 +404,48 @@ async def test_status_rejects_invalid_input(
     assert h.fake.paths == []
 
 
+async def test_status_missing_document_log_names_no_filter_value(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.fake.add(record(), sa(), svc(), deploy(ready=2))
+    db = DbDict("nsrs", {"_id": "tenant-private-id-42"}, PATH)
+    await ActivityEnvironment().run(h.acts.status, StatusInput(h.ref, db, operation="install"))
+    assert "filter on _id" in caplog.text and "tenant-private-id-42" not in caplog.text
+
+
+@pytest.mark.parametrize("collection", ["k8sclusters", "k8srepos", "other_tenant", "users"])
+async def test_status_writes_only_to_allowed_collections(h: Harness, collection: str) -> None:
+    """Any workflow can call these activities: the target is checked here too, before any write."""
+    await h.store.insert_one(collection, {"_id": "victim", "credentials": "keep"})
+    db = DbDict(collection, {"_id": "victim"}, "credentials")
+    for run in (
+        lambda: ActivityEnvironment().run(h.acts.status, StatusInput(h.ref, db, operation="install")),
+        lambda: ActivityEnvironment().run(h.acts.check_status_target, db),
+        lambda: ActivityEnvironment().run(h.acts.check_status_target, DbDict(collection, {"_id": "v"}, "a")),
+    ):
+        with pytest.raises(ApplicationError) as info:
+            await run()
+        assert info.value.type == "InvalidInput" and info.value.non_retryable
+        assert "db_dict." in str(info.value)
+    assert await h.store.find_one(collection, {"_id": "victim"}) == {"_id": "victim", "credentials": "keep"}
+    assert h.fake.paths == []
+
+
+async def test_status_collections_setting_takes_effect(h: Harness, tmp_path: Path) -> None:
+    """KDUFLOW_STATUS_COLLECTIONS: an operator-listed collection is written, nsrs then is not."""
+    settings = Settings.from_env(
+        {"KDUFLOW_STATUS_COLLECTIONS": "vnfrs"}, state_dir=tmp_path / "other", helm="/bin/true",
+        kubectl="/bin/true",
+    )
+    acts = StatusActivities(settings, h.acts.envs, h.store)
+    try:
+        await ActivityEnvironment().run(acts.check_status_target, DbDict("vnfrs", {"_id": "v1"}, PATH))
+        with pytest.raises(ApplicationError, match="KDUFLOW_STATUS_COLLECTIONS"):
+            await ActivityEnvironment().run(acts.check_status_target, DbDict("nsrs", {"_id": "ns-1"}, PATH))
+    finally:
+        await acts.close()
+
+
 async def test_status_unreachable_cluster_records_and_raises_retryable(h: Harness, tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

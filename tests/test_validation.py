@@ -30,6 +30,7 @@ from workflows.validation import (
     validate_ref,
     validate_rollback,
     validate_scale_input,
+    validate_sync_interval,
     validate_uninstall,
     validate_upgrade,
     validate_version,
@@ -303,6 +304,28 @@ HOSTILE = [
         "db_dict.filter",
         id="upgrade DbDict operator",
     ),
+    pytest.param(
+        validate_install, install(db_dict=db(filter={"no_such_field": None})), "db_dict.filter",
+        id="db filter null matches every document",
+    ),
+    pytest.param(validate_install, install(db_dict=db(filter={"_id": {"a": 1}})), "db_dict.filter",
+                 id="db filter object value"),
+    pytest.param(validate_install, install(db_dict=db(filter={"_id": ["a"]})), "db_dict.filter",
+                 id="db filter array value"),
+    pytest.param(validate_install, install(db_dict=db(filter={"a..b": "x"})), "db_dict.filter",
+                 id="db filter empty key segment"),
+    pytest.param(validate_install, install(db_dict=db(filter={"_id": "x" * 300})), "db_dict.filter",
+                 id="db filter long value"),
+    pytest.param(validate_install, install(db_dict=db(filter={f"k{i}": i for i in range(20)})),
+                 "db_dict.filter", id="db filter many fields"),
+    pytest.param(validate_install, install(db_dict=db(path="credentials.x")), "db_dict.path",
+                 id="db path creds"),
+    pytest.param(validate_install, install(db_dict=db(path="_id")), "db_dict.path", id="db path _id"),
+    pytest.param(validate_install, install(db_dict=db(path="a.Password")), "db_dict.path",
+                 id="db path password"),
+    # --- sizes -------------------------------------------------------------------------------------
+    pytest.param(validate_install, install(params={"blob": "x" * (1024 * 1024)}), "params",
+                 id="params 1 MiB"),
     # --- booleans and free text --------------------------------------------------------------------
     pytest.param(validate_install, install(atomic="false"), "atomic", id="atomic string false"),
     pytest.param(validate_install, install(atomic=0), "atomic", id="atomic int"),
@@ -452,3 +475,21 @@ def test_validation_accepts_realistic_osm_inputs():
     )
     assert validate_labels({}) == {}
     assert validate_db_dict(DB) == DbDict(**DB)
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0, True), (-1, True), (10, True), (30 * 86_400, True),
+                                           (5, False), (-5, False), (30 * 86_400 + 1, False),
+                                           (10**20, False), (True, False), (600.0, False)])
+def test_sync_interval_bounds(value: object, ok: bool) -> None:
+    if ok:
+        assert validate_sync_interval(value) == value
+    else:
+        with pytest.raises(InvalidInputError) as info:
+            validate_sync_interval(value)
+        assert info.value.field == "sync_interval_s"
+
+
+def test_db_dict_filter_values_are_not_echoed() -> None:
+    with pytest.raises(InvalidInputError) as info:
+        validate_db_dict(db(filter={"_id": "tenant-secret-" + "x" * 300}))
+    assert "tenant-secret" not in info.value.message

@@ -41,9 +41,15 @@ with workflow.unsafe.imports_passed_through():
         UninstallAllResult,
         VerifyClusterResult,
     )
-    from workflows.validation import validate_bool, validate_cluster_uuid, validate_namespace
+    from workflows.validation import (
+        validate_bool,
+        validate_cluster_uuid,
+        validate_namespace,
+        validate_sync_interval,
+    )
 
 from workflows.common import NON_RETRYABLE_ERROR_TYPES
+from workflows.decoding import decode_input
 
 #: Store and kubectl steps: several quick retries (an unreachable cluster gets ~1 minute).
 _RETRY = RetryPolicy(
@@ -99,7 +105,8 @@ class InitCluster:
     """
 
     @workflow.run
-    async def run(self, inp: InitClusterInput) -> InitClusterResult:
+    async def run(self, raw: Any = None, *extra: Any) -> InitClusterResult:
+        inp = decode_input(InitClusterInput, raw, extra)
         validate_cluster_uuid(inp.cluster_uuid, allow_empty=True)
         validate_cluster_uuid(inp.reuse_cluster_uuid, "reuse_cluster_uuid", allow_empty=True)
         namespace = validate_namespace(inp.namespace or "kube-system", allow_empty=False)
@@ -110,13 +117,7 @@ class InitCluster:
                 type="InvalidInput",
                 non_retryable=True,
             )
-        if not isinstance(inp.sync_interval_s, int) or 0 < inp.sync_interval_s < 10:
-            raise ApplicationError(
-                "invalid sync_interval_s: 0 (default), negative (none) or >= 10",
-                {"field": "sync_interval_s"},
-                type="InvalidInput",
-                non_retryable=True,
-            )
+        validate_sync_interval(inp.sync_interval_s)
         cluster_uuid = inp.reuse_cluster_uuid or inp.cluster_uuid or str(workflow.uuid4())
         result = InitClusterResult(cluster_uuid=cluster_uuid, installed_sw=False)
         ref = ClusterRef(cluster_uuid)
@@ -127,7 +128,13 @@ class InitCluster:
                 cluster_uuid,
             )
             await _call(
-                "store_credentials", StoreCredentialsInput(cluster_uuid, inp.k8s_creds, namespace), None
+                "store_credentials",
+                StoreCredentialsInput(
+                    cluster_uuid, inp.k8s_creds, namespace,
+                    replace_credentials=inp.replace_credentials is True,
+                    workflow_id=workflow.info().workflow_id,
+                ),
+                None,
             )
         try:
             verified: VerifyClusterResult = await _call("verify", ref, VerifyClusterResult)
@@ -184,7 +191,8 @@ class ResetCluster:
     not stop the reset (N2VC logs them the same way)."""
 
     @workflow.run
-    async def run(self, inp: ResetClusterInput) -> bool:
+    async def run(self, raw: Any = None, *extra: Any) -> bool:
+        inp = decode_input(ResetClusterInput, raw, extra)
         cluster_uuid = validate_cluster_uuid(inp.cluster_uuid)
         force = validate_bool(inp.force, "force")
         uninstall_sw = validate_bool(inp.uninstall_sw, "uninstall_sw")
@@ -224,7 +232,8 @@ class SyncRepos:
     cluster document; the activities record ``_admin.helm_charts_added`` as they go."""
 
     @workflow.run
-    async def run(self, inp: SyncReposInput) -> SyncReposResult:
+    async def run(self, raw: Any = None, *extra: Any) -> SyncReposResult:
+        inp = decode_input(SyncReposInput, raw, extra)
         cluster_uuid = validate_cluster_uuid(inp.cluster_uuid)
         ref = ClusterRef(cluster_uuid)
         state: DesiredReposResult = await _call("repo_desired", ref, DesiredReposResult)

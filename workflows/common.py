@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.errors import NON_RETRYABLE_TYPES
     from activities.models import (
         ACTIVITY_NAMES,
+        DbDict,
         ListReleasesInput,
         ListReleasesResult,
         ReleaseRef,
@@ -214,6 +215,37 @@ async def release_lock(ref: ReleaseRef) -> AsyncIterator[None]:
     """
     del ref
     yield
+
+
+#: ``workflow.patched`` id of the status-target check: histories recorded before it replay without it.
+PATCH_STATUS_TARGET = "check-status-target-v1"
+#: The check reads only the worker's settings: it answers in milliseconds or not at all.
+CHECK_TIMEOUT = timedelta(seconds=10)
+
+
+async def check_status_target(db_dict: DbDict | None) -> None:
+    """Refuse a ``db_dict`` outside the operator's policy before anything runs.
+
+    Which collections status may be written to is the *worker's* configuration
+    (``KDUFLOW_STATUS_COLLECTIONS``), which workflow code cannot read deterministically, so a local
+    activity answers (recorded in history, so replays do not ask again). The status activities check
+    again before every write; this early check makes a refused ``db_dict`` fail the workflow before
+    helm runs instead of after. Raises the activity's non-retryable ``InvalidInput``.
+    """
+    if db_dict is None or not workflow.patched(PATCH_STATUS_TARGET):
+        return
+    try:
+        await workflow.execute_local_activity(
+            ACTIVITY_NAMES["check_status_target"],
+            db_dict,
+            start_to_close_timeout=CHECK_TIMEOUT,
+            retry_policy=_STATUS_RETRY,
+        )
+    except ActivityError as err:
+        if is_workflow_cancellation(err):
+            raise
+        etype, message, details = describe_failure(err)
+        raise ApplicationError(message, *details, type=etype, non_retryable=True) from err
 
 
 def operation_id(step: str) -> str:

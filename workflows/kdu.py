@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 from workflows import common, naming, scale, validation
+from workflows.decoding import decode_input
 from workflows.validation import InvalidInputError
 
 #: Phases written to the status sub-document (``StatusInput.phase``).
@@ -444,7 +445,7 @@ class InstallKdu:
     """Install a chart as a new release (N2VC ``install``), generating the name if none is given."""
 
     @workflow.run
-    async def run(self, inp: InstallKduInput) -> KduResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns the installed release (with the generated ``kdu_instance``).
 
         Raises non-retryable ``InvalidInput``, ``ReleaseNameInUse`` (no free generated name), or the
@@ -452,8 +453,10 @@ class InstallKdu:
         was written. With ``atomic`` helm removes a failed release itself; without it the failed
         release stays for inspection. Cancellation stops helm and the poller, writes the status.
         """
+        inp = decode_input(InstallKduInput, raw, extra)
         chart = validation.validate_install(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
+        await common.check_status_target(db_dict)
         namespace = inp.namespace or common.DEFAULT_NAMESPACE
         # The name is fixed before the lock and the install: a retried install activity must target
         # the same release, and a replay regenerates the same name from workflow.random().
@@ -505,14 +508,16 @@ class UpgradeKdu:
     """Upgrade a release; on failure roll back to the recorded last deployed revision (atomic)."""
 
     @workflow.run
-    async def run(self, inp: UpgradeKduInput) -> KduResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns the upgraded release. Raises non-retryable ``InvalidInput``, ``ReleaseNotFound``,
         ``OperationInProgress``, ``UpgradeRolledBack`` (details: failed_revision, restored_revision),
         ``UpgradeFailed`` (atomic=false; the failed revision stays), ``RollbackFailed``
         (details: failed_revision, rollback_revision), or the cause's type if no revision was written.
         """
+        inp = decode_input(UpgradeKduInput, raw, extra)
         chart = validation.validate_upgrade(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
+        await common.check_status_target(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
         helm_input = HelmUpgradeInput(
@@ -541,14 +546,16 @@ class RollbackKdu:
     """Roll a release back to an explicit revision (0 = last deployed before the current one)."""
 
     @workflow.run
-    async def run(self, inp: RollbackKduInput) -> KduResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns the release after the rollback; ``restored_revision`` is the revision restored.
 
         Raises non-retryable ``InvalidInput`` (bad input, revision not in history, or no earlier
         deployed revision for 0), ``ReleaseNotFound``, ``OperationInProgress``, ``RollbackFailed``.
         """
+        inp = decode_input(RollbackKduInput, raw, extra)
         validation.validate_rollback(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
+        await common.check_status_target(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
         async with common.release_lock(ref):
@@ -617,13 +624,15 @@ class ScaleKdu:
     """Change the replica key (N2VC's ``replicaCount``/``replicas``) and upgrade with reused values."""
 
     @workflow.run
-    async def run(self, inp: ScaleKduInput) -> KduResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns the scaled release with ``replica_key`` set. Raises non-retryable ``InvalidInput``,
         ``ReleaseNotFound``, ``ReplicaKeyNotFound``, ``ReplicaKeyAmbiguous``, and the upgrade errors
         of UpgradeKdu (``UpgradeRolledBack``, ``UpgradeFailed``, ``RollbackFailed``, ...).
         """
+        inp = decode_input(ScaleKduInput, raw, extra)
         validation.validate_scale_input(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
+        await common.check_status_target(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
         async with common.release_lock(ref):
@@ -665,14 +674,16 @@ class UninstallKdu:
     """Uninstall a release; an absent release is a success ("release was absent")."""
 
     @workflow.run
-    async def run(self, inp: UninstallKduInput) -> KduResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns status ``absent``; ``message`` says whether it was removed or already absent.
 
         A ``pending-*`` release is uninstalled, not reported absent (N2VC leaked those: E.19).
         Raises non-retryable ``InvalidInput`` or the uninstall's failure type after writing status.
         """
+        inp = decode_input(UninstallKduInput, raw, extra)
         validation.validate_uninstall(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
+        await common.check_status_target(db_dict)
         # Idempotent by design: a retried or repeated uninstall must succeed, as N2VC's did.
         namespace = await common.resolve_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         if namespace is None:

@@ -12,7 +12,7 @@ non-retryable ``ReleaseNotFound``, not helm's error text returned as values.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 from workflows import common, validation
+from workflows.decoding import decode_input
 
 T = TypeVar("T", bound=KduResult)
 
@@ -88,11 +89,12 @@ class KduStatus:
     """The release as stored by helm plus the readiness of its live resources."""
 
     @workflow.run
-    async def run(self, inp: KduRefInput) -> KduStatusResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduStatusResult:
         """Returns the observation; status ``absent`` when the release does not exist (not an error,
         so a poller can watch an uninstall finish). Raises non-retryable ``InvalidInput``,
         ``ClusterNotFound``; retryable cluster errors are retried a few times first.
         """
+        inp = decode_input(KduRefInput, raw, extra)
         validation.validate_ref(inp)
         ref = await _ref(inp)
         if ref is None:
@@ -116,9 +118,10 @@ class KduInstances:
     """Every release on the cluster, all namespaces and all statuses (pending ones included)."""
 
     @workflow.run
-    async def run(self, inp: KduInstancesInput) -> KduInstancesResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduInstancesResult:
         """Returns the releases sorted by namespace and name. Raises non-retryable ``InvalidInput``,
         ``ClusterNotFound``."""
+        inp = decode_input(KduInstancesInput, raw, extra)
         validation.validate_instances(inp)
         result = await common.call_read(
             ACTIVITY_NAMES["list_releases"],
@@ -134,9 +137,10 @@ class KduServices:
     """The Services of a release's manifest with their live addresses (N2VC ``get_services``)."""
 
     @workflow.run
-    async def run(self, inp: KduRefInput) -> KduServicesResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduServicesResult:
         """Returns the services (LoadBalancers still pending are flagged, not an error: E.24).
         Raises non-retryable ``InvalidInput``, ``ReleaseNotFound``, ``ClusterNotFound``."""
+        inp = decode_input(KduRefInput, raw, extra)
         validation.validate_ref(inp)
         ref = await _ref(inp)
         if ref is None:
@@ -155,9 +159,10 @@ class KduValues:
     """The release's user-supplied values, or all computed values with ``all_values``."""
 
     @workflow.run
-    async def run(self, inp: KduRefInput) -> KduValuesResult:
+    async def run(self, raw: Any = None, *extra: Any) -> KduValuesResult:
         """Returns the values (never None). Raises non-retryable ``InvalidInput``,
         ``ReleaseNotFound``, ``ClusterNotFound``."""
+        inp = decode_input(KduRefInput, raw, extra)
         validation.validate_ref(inp)
         ref = await _ref(inp)
         if ref is None:
@@ -179,10 +184,11 @@ class InspectKdu:
     """A chart's Chart.yaml, values.yaml and README (N2VC ``inspect_kdu``/``values_kdu``/``help_kdu``)."""
 
     @workflow.run
-    async def run(self, inp: InspectKduInput) -> InspectKduResult:
+    async def run(self, raw: Any = None, *extra: Any) -> InspectKduResult:
         """Returns the chart metadata. ``repo/chart`` is resolved with the cluster's repositories
         (N2VC used none: E.8). Raises non-retryable ``InvalidInput``, ``ChartNotFound``,
         ``RepoNotFound``, ``ClusterNotFound``."""
+        inp = decode_input(InspectKduInput, raw, extra)
         chart = validation.validate_inspect(inp)
         result = await common.call_read(
             ACTIVITY_NAMES["inspect"],

@@ -15,6 +15,7 @@ document. Nothing here echoes ``params`` or filter values back: they can be secr
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -56,6 +57,13 @@ MAX_LABELS = 64
 #: Deeper values trees are not charts' values; the bound also keeps validation itself cheap.
 MAX_PARAMS_DEPTH = 64
 MAX_KDU_NAME = 253
+#: Chart values as JSON text: helm stores a release (values included) in one Secret of at most 1 MiB.
+MAX_PARAMS_BYTES = 1024 * 1024
+#: OSM's filters name one document by one or two fields.
+MAX_FILTER_FIELDS = 16
+MAX_FILTER_VALUE = 256
+#: Status paths never touch these (the document id, and where clusters and repositories keep secrets).
+PROTECTED_PATH_SEGMENTS = frozenset({"_id", "credentials", "password"})
 
 # fullmatch is used everywhere: "$" alone would accept a trailing newline.
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -355,6 +363,10 @@ def validate_params(value: Any, field: str = "params") -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InvalidInputError(field, f"must be a JSON object, got {type(value).__name__}")
     _check_json_tree(value, field, forbid_operator_keys=False)
+    # After the tree check: the values are plain JSON, so this cannot fail or recurse too deep.
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_PARAMS_BYTES:
+        raise InvalidInputError(field, f"{size} bytes as JSON; at most {MAX_PARAMS_BYTES}")
     return dict(value)
 
 
@@ -403,15 +415,42 @@ def validate_db_dict(value: Any, field: str = "db_dict") -> DbDict | None:
     if not isinstance(filt, Mapping) or not filt:
         # An empty filter would make update_one hit whichever document comes first.
         raise InvalidInputError(f"{field}.filter", "must be a non-empty object")
-    _check_json_tree(filt, f"{field}.filter", forbid_operator_keys=True)
+    if len(filt) > MAX_FILTER_FIELDS:
+        raise InvalidInputError(f"{field}.filter", f"more than {MAX_FILTER_FIELDS} fields")
+    for key, val in filt.items():
+        # Field names follow the path rules (no "$" operators, no empty segments); values are
+        # non-null scalars: null matches every document lacking the field, and an object or array
+        # could be an operator expression or match more than the caller's own document.
+        if not isinstance(key, str) or len(key) > 256 or not all(
+            _DB_PATH_SEGMENT.fullmatch(seg) for seg in key.split(".")
+        ):
+            raise InvalidInputError(
+                f"{field}.filter", "field names must be dot-separated keys of A-Z a-z 0-9 _ -"
+            )
+        if val is None or not isinstance(val, str | int | float):
+            raise InvalidInputError(
+                f"{field}.filter", f"the value of {_show(key)} must be a string, number or boolean"
+            )
+        if isinstance(val, float) and not math.isfinite(val):
+            raise InvalidInputError(f"{field}.filter", f"the value of {_show(key)} is not finite")
+        if isinstance(val, str) and (len(val) > MAX_FILTER_VALUE or "\x00" in val):
+            raise InvalidInputError(
+                f"{field}.filter", f"the value of {_show(key)} is longer than {MAX_FILTER_VALUE} characters"
+            )
     if not isinstance(path, str) or path == "" or len(path) > 256:
         raise InvalidInputError(f"{field}.path", "must be a non-empty dotted path")
     # The path becomes the prefix of "$set" keys: "$" or empty segments would address operators or
     # the wrong field, so only plain dotted keys (array indexes are digits) are allowed.
-    if not all(_DB_PATH_SEGMENT.fullmatch(seg) for seg in path.split(".")):
+    segments = path.split(".")
+    if not all(_DB_PATH_SEGMENT.fullmatch(seg) for seg in segments):
         raise InvalidInputError(
             f"{field}.path",
             f"{_show(path)} must be dot-separated keys of A-Z a-z 0-9 _ - (no '$', no empty keys)",
+        )
+    forbidden = [seg for seg in segments if seg.lower() in PROTECTED_PATH_SEGMENTS]
+    if forbidden:
+        raise InvalidInputError(
+            f"{field}.path", f"must not address {forbidden[0]!r}: status never goes near ids or credentials"
         )
     return DbDict(collection=collection, filter=dict(filt), path=path)
 
@@ -433,6 +472,21 @@ def validate_repo_url(value: Any, field: str = "repo_url") -> str:
     if hostport.endswith(":") or not _URL_PATH.fullmatch(slash + path):
         raise InvalidInputError(field, "has characters not allowed in a repository URL")
     return url
+
+
+#: InitCluster's SyncRepos schedule: at least every 10 s (a tighter loop only loads the repositories),
+#: at most every 30 days; 0 = the worker default, -1 = no schedule.
+MIN_SYNC_INTERVAL = 10
+MAX_SYNC_INTERVAL = 30 * 86_400
+
+
+def validate_sync_interval(value: Any, field: str = "sync_interval_s") -> int:
+    interval = _require_int(value, field, -1, MAX_SYNC_INTERVAL)
+    if 0 < interval < MIN_SYNC_INTERVAL:
+        raise InvalidInputError(
+            field, f"0 (worker default), -1 (no schedule) or {MIN_SYNC_INTERVAL}..{MAX_SYNC_INTERVAL} seconds"
+        )
+    return interval
 
 
 def validate_kdu_name(value: Any, field: str = "kdu_name") -> str:

@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.models import (
+    DbDict,
     GetValuesInput,
     HelmInstallInput,
     HelmRollbackInput,
@@ -48,6 +49,8 @@ from activities.models import (
     UninstallOutcome,
     ValuesResult,
 )
+from activities.status import validate_db_dict
+from kduflow.config import Settings
 from workflows import KDU_WORKFLOWS
 
 
@@ -177,6 +180,12 @@ def _worker(client: Client, activities: list[Any]) -> Worker:
 
 def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
     """The ``kdu.*`` mocks; each call acts on ``current()``, the cluster of the running test."""
+
+    @activity.defn(name="kdu.check_status_target")
+    async def check_status_target(db: DbDict) -> None:
+        # The real check (the worker's default policy: status goes to nsrs only).
+        current().calls["kdu.check_status_target"].append(db)
+        validate_db_dict(db, Settings.status_collections)
 
     @activity.defn(name="kdu.list_releases")
     async def list_releases(inp: ListReleasesInput) -> ListReleasesResult:
@@ -332,6 +341,7 @@ def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
             raise
 
     return [
+        check_status_target,
         list_releases,
         history,
         install,
