@@ -1,26 +1,39 @@
 """Private per-cluster environments for helm and kubectl, materialised from the store.
 
 OSM N2VC keeps a directory per cluster (kubeconfig, helm homes) and mirrors it through GridFS, in
-clear text, with races between replicas and no HOME isolation (reference D, E.28-E.31). kduflow
-treats the local directory as a disposable cache of the ``k8sclusters`` document:
+clear text, with races between replicas and no HOME isolation. kduflow treats the local directory
+as a disposable cache of the ``k8sclusters`` document:
 
-- ``<state_dir>/clusters/<cluster_uuid>/`` (0700) holds ``.kube/config`` (0600), the helm homes
-  ``.config/helm``, ``.cache/helm``, ``.local/share/helm`` and ``.kduflow-hash``.
-- The content hash of the kubeconfig decides whether the directory is current. A directory whose
-  hash file or kubeconfig does not match (a leftover, a crash, a credential rotation) is never
-  reused: a fresh directory is built beside it and swapped in with ``rename``, so processes
-  already running with the old paths keep their open files, and nothing of the old one is kept
-  (caches, plugins, repositories.yaml are rebuilt; ``on_materialise`` re-creates repositories).
+- ``<state_dir>/clusters/<cluster_uuid>/`` (0700) holds ``.kube/config`` and ``.kube/kuberc``
+  (0600), the helm homes ``.config/helm``, ``.cache/helm``, ``.local/share/helm`` and
+  ``.kduflow-hash``.
+- The content hash of the kubeconfig (and of the kuberc) decides whether the directory is current.
+  A directory whose hash file, kubeconfig or kuberc does not match (a leftover, a crash, a
+  credential rotation, another exec plugin allowlist) is never reused: a fresh directory is built
+  beside it and swapped in with ``rename``, so processes already running with the old paths keep
+  their open files, and nothing of the old one is kept (caches, plugins, repositories.yaml are
+  rebuilt; ``on_materialise`` re-creates repositories).
 - Each :meth:`ClusterEnvs.get` re-reads the store document (one ``find_one``, no TTL), so a changed
   credential is picked up by the next activity; the ``ClusterEnv`` object is cached per hash.
 - Several workers each have their own state dir and build equivalent directories from one store:
   nothing local is shared, so there is no cross-worker race.
 
-The environment handed to helm/kubectl is complete (HOME, KUBECONFIG, HELM_*_HOME, NO_COLOR, PATH):
-callers use it as the *whole* process environment, never inheriting the worker's HOME/KUBECONFIG.
+The environment handed to helm/kubectl is complete (HOME, KUBECONFIG, KUBERC, HELM_*_HOME, NO_COLOR,
+PATH): callers use it as the *whole* process environment, never inheriting the worker's
+HOME/KUBECONFIG.
 
-Known limit: a kubeconfig may name an ``exec`` credential plugin or local certificate files; they
-run / are read on the worker as kubectl would. Only trusted parties may write ``k8sclusters``.
+Every kubeconfig passes :func:`activities.kubeconfig_policy.check_kubeconfig` when it is stored
+and again each time it is materialised, so a document written straight into the store is refused
+before helm or kubectl see it: inline credentials only (no file paths), ``exec`` only for commands
+of the operator's allowlist (``KDUFLOW_EXEC_PLUGINS``), no ``auth-provider``, ``proxy-url`` only
+when ``KDUFLOW_ALLOW_KUBECONFIG_PROXY`` is set. The directories of allowlisted bare-name plugins are
+on the environment's PATH. As a second fence for kubectl, each directory holds ``.kube/kuberc``
+(named by ``KUBERC``) whose ``credentialPluginPolicy`` is ``DenyAll`` or an ``Allowlist`` of exactly
+those commands: kubectl releases that know the field (1.37 does) refuse any other plugin
+themselves; older ones ignore it, and helm never reads it, so the policy function is the fence.
+
+:meth:`ClusterEnvs.store_credentials` never silently replaces a cluster's different credentials
+unless asked to (``replace``); identical content is a no-op, so a retried registration converges.
 """
 
 from __future__ import annotations
@@ -33,14 +46,16 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from temporalio.exceptions import ApplicationError
 
+from activities import errors, kubeconfig_policy
 from activities.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 from activities.store import Store
 from kduflow.config import Settings
@@ -51,8 +66,13 @@ log = logging.getLogger(__name__)
 CLUSTERS_COLLECTION = "k8sclusters"
 CREDENTIALS_FIELD = "credentials"
 HASH_FILE = ".kduflow-hash"
+#: Where each cluster directory keeps kubectl's preferences file (``$HOME/.kube/kuberc`` is also
+#: kubectl's default location, so it is found even without ``KUBERC``).
+KUBERC_FILE = ".kube/kuberc"
+#: Where ``store_credentials`` records a replacement in the cluster document.
+REPLACED_FIELD = "_admin.kduflow.credentials_replaced"
 #: Bumped when the on-disk layout changes, so every existing directory is rebuilt once.
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 #: First character alphanumeric: "." / ".." / hidden names are impossible, and the staging names
 #: used while rebuilding (".<uuid>.new-*", ".<uuid>.old-*") never collide with a cluster id.
 _BASE_PATH = ("/usr/bin", "/bin")
@@ -98,50 +118,48 @@ def validate_cluster_uuid(cluster_uuid: Any) -> str:
     return validation.validate_cluster_uuid(cluster_uuid)
 
 
-def parse_kubeconfig(credentials: Any, cluster_uuid: str) -> dict[str, Any]:
-    """Validate a kubeconfig given as a dict or a YAML string; return it as a dict.
+def parse_kubeconfig(
+    credentials: Any,
+    cluster_uuid: str,
+    *,
+    exec_plugins: tuple[str, ...] = (),
+    allow_proxy: bool = False,
+) -> dict[str, Any]:
+    """Apply the kubeconfig policy to a kubeconfig given as a dict or a YAML string; return it as a dict.
 
-    A missing ``current-context`` is filled in when there is exactly one context.
+    A missing ``current-context`` is filled in when there is exactly one context. ``exec_plugins``
+    and ``allow_proxy`` are the worker's settings (``KDUFLOW_EXEC_PLUGINS``,
+    ``KDUFLOW_ALLOW_KUBECONFIG_PROXY``).
 
     Raises:
-        ApplicationError: type ``CredentialsInvalid``, non-retryable; the message says what is
-            wrong, never the content.
+        ApplicationError: type ``CredentialsInvalid``, non-retryable; the message names the refused
+            field and the rule, never the content.
     """
-
-    def invalid(why: str) -> ApplicationError:
-        return ApplicationError(
-            f"credentials of cluster {cluster_uuid!r} are not a usable kubeconfig: {why}",
-            type="CredentialsInvalid",
-            non_retryable=True,
+    try:
+        return kubeconfig_policy.check_kubeconfig(
+            credentials,
+            exec_plugins=exec_plugins,
+            allow_proxy=allow_proxy,
+            subject=f"credentials of cluster {cluster_uuid!r}",
         )
+    except errors.CredentialsInvalid as err:
+        raise errors.to_application_error(err) from None
 
-    config: Any = credentials
-    if isinstance(credentials, str):
-        try:
-            config = yaml.safe_load(credentials)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise invalid(f"YAML does not parse{where}") from None
-    if not isinstance(config, dict):
-        raise invalid(f"expected a mapping, got {type(config).__name__}")
-    config = dict(config)
-    for section in ("clusters", "contexts", "users"):
-        entries = config.get(section)
-        if not isinstance(entries, list) or not entries:
-            raise invalid(f"'{section}' must be a non-empty list")
-        for entry in entries:
-            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                raise invalid(f"every entry of '{section}' needs a 'name'")
-    context_names = [entry["name"] for entry in config["contexts"]]
-    current = config.get("current-context")
-    if not current:
-        if len(context_names) != 1:
-            raise invalid("no 'current-context' and more than one context")
-        config["current-context"] = context_names[0]
-    elif current not in context_names:
-        raise invalid(f"current-context {current!r} is not among the contexts")
-    return config
+
+def kuberc_bytes(exec_plugins: tuple[str, ...]) -> bytes:
+    """kubectl's preferences file for a cluster directory: its exec plugin policy.
+
+    ``DenyAll`` without allowlisted plugins, else an ``Allowlist`` of exactly those commands
+    (kubectl resolves bare names on PATH on both sides before comparing).
+    """
+    doc: dict[str, Any] = {"apiVersion": "kubectl.config.k8s.io/v1beta1", "kind": "Preference"}
+    if exec_plugins:
+        doc["credentialPluginPolicy"] = "Allowlist"
+        doc["credentialPluginAllowlist"] = [{"name": name} for name in exec_plugins]
+    else:
+        doc["credentialPluginPolicy"] = "DenyAll"
+    header = "# Written by kduflow from KDUFLOW_EXEC_PLUGINS; rebuilt with the directory.\n"
+    return (header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)).encode()
 
 
 class ClusterEnvs:
@@ -165,7 +183,10 @@ class ClusterEnvs:
         self.clusters_dir = Path(settings.state_dir) / "clusters"
         self._cache: dict[str, ClusterEnv] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._path = _safe_path(settings.helm, settings.kubectl)
+        self.exec_plugins = kubeconfig_policy.exec_plugins_of(settings)
+        self.allow_proxy = kubeconfig_policy.allow_proxy_of(settings)
+        self._path = _safe_path(settings.helm, settings.kubectl, self.exec_plugins)
+        self._kuberc = kuberc_bytes(self.exec_plugins)
 
     def root_of(self, cluster_uuid: str) -> Path:
         return self.clusters_dir / validate_cluster_uuid(cluster_uuid)
@@ -193,16 +214,21 @@ class ClusterEnvs:
                     type="ClusterNotFound", non_retryable=True,
                 )
             content = self._kubeconfig_bytes(cluster_uuid, doc)
-            digest = hashlib.sha256(LAYOUT_VERSION.encode() + b"\0" + content).hexdigest()
+            kuberc = self._kuberc
+            digest = hashlib.sha256(
+                LAYOUT_VERSION.encode() + b"\0" + content + b"\0" + kuberc
+            ).hexdigest()
             root = self.root_of(cluster_uuid)
             cached = self._cache.get(cluster_uuid)
             if cached is not None and cached.content_hash == digest and await asyncio.to_thread(
-                _is_current, root, digest, content
+                _is_current, root, digest, content, kuberc
             ):
                 return _copy(cached)
             self._cache.pop(cluster_uuid, None)
             env = self._make_env(cluster_uuid, root, digest)
-            rebuilt = await asyncio.to_thread(self._materialise, cluster_uuid, root, digest, content)
+            rebuilt = await asyncio.to_thread(
+                self._materialise, cluster_uuid, root, digest, content, kuberc
+            )
             if rebuilt and self.on_materialise is not None:
                 try:
                     await self.on_materialise(env, doc)
@@ -221,30 +247,104 @@ class ClusterEnvs:
             self._cache.pop(cluster_uuid, None)
             await asyncio.to_thread(self._remove_all, cluster_uuid)
 
-    async def store_credentials(self, cluster_uuid: str, kubeconfig: dict | str) -> None:
-        """Validate a kubeconfig and write it as ``k8sclusters.{_id}.credentials`` (upsert).
+    async def store_credentials(
+        self,
+        cluster_uuid: str,
+        kubeconfig: dict | str,
+        *,
+        replace: bool = True,
+        workflow_id: str = "",
+    ) -> Literal["created", "unchanged", "replaced"]:
+        """Apply the kubeconfig policy and write it as ``k8sclusters.{_id}.credentials`` (upsert).
 
         The value is stored as given (dict or YAML string), inside an encrypted envelope bound to
-        this document when a secret key is configured.
+        this document when a secret key is configured. Stored credentials with the same content
+        (compared as canonical kubeconfigs) are left as they are: ``"unchanged"``. Different ones
+        are replaced only with ``replace``, and the replacement is recorded in
+        ``_admin.kduflow.credentials_replaced`` (``at`` epoch seconds, ``workflow_id``,
+        ``previous_fingerprint``, ``fingerprint``: short sha256 prefixes, never the content).
+        The write only happens if the credentials are still the ones compared against; otherwise a
+        retryable ``OperationInProgress`` is raised and a retry compares again.
 
         Raises:
-            ApplicationError: ``InvalidInput`` (bad id), ``CredentialsInvalid`` (malformed kubeconfig).
+            ApplicationError: ``InvalidInput`` (bad id), ``CredentialsInvalid`` (refused
+                kubeconfig), ``ClusterExists`` (different credentials and not ``replace``); all
+                non-retryable and raised before anything is written.
         """
         validate_cluster_uuid(cluster_uuid)
-        parse_kubeconfig(kubeconfig, cluster_uuid)
+        config = self._parse(kubeconfig, cluster_uuid)
+        new_fingerprint = kubeconfig_policy.fingerprint(config)
         value: Any = kubeconfig
         if self.secretbox is not None:
             value = self.secretbox.encrypt_json(kubeconfig, aad_for(CLUSTERS_COLLECTION, cluster_uuid,
                                                                     CREDENTIALS_FIELD))
-        await self.store.update_one(
-            CLUSTERS_COLLECTION, {"_id": cluster_uuid}, {"$set": {CREDENTIALS_FIELD: value}}, upsert=True
-        )
+        async with self._lock(cluster_uuid):
+            doc = await self.store.find_one(CLUSTERS_COLLECTION, {"_id": cluster_uuid})
+            previous = (doc or {}).get(CREDENTIALS_FIELD)
+            update: dict[str, Any] = {CREDENTIALS_FIELD: value}
+            outcome: Literal["created", "unchanged", "replaced"] = "created"
+            if not _absent(previous):
+                previous_fingerprint = self._stored_fingerprint(cluster_uuid, previous)
+                if previous_fingerprint == new_fingerprint:
+                    return "unchanged"
+                if not replace:
+                    raise errors.to_application_error(errors.ClusterExists(
+                        f"cluster {cluster_uuid!r} already has different credentials; pass "
+                        "replace_credentials=true to replace them",
+                        details={"cluster_uuid": cluster_uuid},
+                    ))
+                update[REPLACED_FIELD] = {
+                    "at": int(time.time()),
+                    "workflow_id": str(workflow_id or ""),
+                    "previous_fingerprint": previous_fingerprint,
+                    "fingerprint": new_fingerprint,
+                }
+                outcome = "replaced"
+            # Compare-and-set: the filter holds the value compared against (None also matches a
+            # missing field). If another writer changed it meanwhile, the upsert tries to insert a
+            # second document with this _id and the store refuses it.
+            try:
+                await self.store.update_one(
+                    CLUSTERS_COLLECTION,
+                    {"_id": cluster_uuid, CREDENTIALS_FIELD: previous},
+                    {"$set": update},
+                    upsert=True,
+                )
+            except Exception as err:
+                if "DuplicateKey" not in type(err).__name__:
+                    raise
+                raise errors.to_application_error(errors.OperationInProgress(
+                    f"credentials of cluster {cluster_uuid!r} changed while being stored; a retry "
+                    "compares again"
+                )) from None
+        if outcome == "replaced":
+            log.warning("cluster %s: credentials replaced (%s -> %s) by %s", cluster_uuid,
+                        update[REPLACED_FIELD]["previous_fingerprint"] or "unusable", new_fingerprint,
+                        workflow_id or "a direct call")
+        return outcome
+
+    def _parse(self, credentials: Any, cluster_uuid: str) -> dict[str, Any]:
+        return parse_kubeconfig(credentials, cluster_uuid, exec_plugins=self.exec_plugins,
+                                allow_proxy=self.allow_proxy)
+
+    def _stored_fingerprint(self, cluster_uuid: str, credentials: Any) -> str:
+        """Fingerprint of stored credentials; "" when they cannot be decrypted or are refused."""
+        try:
+            if is_envelope(credentials):
+                if self.secretbox is None:
+                    return ""
+                credentials = self.secretbox.decrypt_json(
+                    credentials, aad_for(CLUSTERS_COLLECTION, cluster_uuid, CREDENTIALS_FIELD)
+                )
+            return kubeconfig_policy.fingerprint(self._parse(credentials, cluster_uuid))
+        except (SecretBoxError, ApplicationError):
+            return ""
 
     # -- internals ---------------------------------------------------------------------------
 
     def _kubeconfig_bytes(self, cluster_uuid: str, doc: Mapping[str, Any]) -> bytes:
         credentials = doc.get(CREDENTIALS_FIELD)
-        if credentials is None or credentials == "" or credentials == {}:
+        if _absent(credentials):
             raise ApplicationError(
                 f"cluster {cluster_uuid!r} has no credentials in {CLUSTERS_COLLECTION}",
                 type="ClusterNotFound", non_retryable=True,
@@ -265,9 +365,9 @@ class ClusterEnvs:
                     f"credentials of cluster {cluster_uuid!r} cannot be decrypted: {err}",
                     type="CredentialsInvalid", non_retryable=True,
                 ) from None
-        config = parse_kubeconfig(credentials, cluster_uuid)
+        config = self._parse(credentials, cluster_uuid)
         try:
-            return yaml.safe_dump(config, sort_keys=True, default_flow_style=False).encode()
+            return kubeconfig_policy.canonical_bytes(config)
         except yaml.YAMLError as err:
             raise ApplicationError(
                 f"credentials of cluster {cluster_uuid!r} hold a value a kubeconfig cannot carry "
@@ -285,17 +385,18 @@ class ClusterEnvs:
             "HELM_DATA_HOME": str(root / ".local" / "share" / "helm"),
             "NO_COLOR": "1",
             "PATH": self._path,
+            "KUBERC": str(root / KUBERC_FILE),
         }
         return ClusterEnv(cluster_uuid, root, kubeconfig, env, digest)
 
-    def _materialise(self, cluster_uuid: str, root: Path, digest: str, content: bytes) -> bool:
+    def _materialise(self, cluster_uuid: str, root: Path, digest: str, content: bytes, kuberc: bytes) -> bool:
         """Ensure ``root`` holds exactly this content; returns True when it was (re)built."""
         _mkdir_private(self.clusters_dir)
-        if _is_current(root, digest, content):
+        if _is_current(root, digest, content, kuberc):
             return False
         staging = self.clusters_dir / f".{cluster_uuid}.new-{secrets.token_hex(6)}"
         try:
-            _build_dir(staging, digest, content)
+            _build_dir(staging, digest, content, kuberc)
             if os.path.lexists(root):
                 trash = self.clusters_dir / f".{cluster_uuid}.old-{secrets.token_hex(6)}"
                 os.rename(root, trash)
@@ -326,13 +427,24 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def _safe_path(helm: str, kubectl: str) -> str:
-    """A minimal PATH: the directories of helm and kubectl, then /usr/bin:/bin."""
+def _absent(credentials: Any) -> bool:
+    return credentials is None or credentials == "" or credentials == {}
+
+
+def _safe_path(helm: str, kubectl: str, exec_plugins: tuple[str, ...] = ()) -> str:
+    """A minimal PATH: the directories of helm and kubectl, those where the worker finds the
+    allowlisted bare-name exec plugins (on its own PATH), then /usr/bin:/bin."""
     dirs: list[str] = []
     for binary in (helm, kubectl):
         resolved = binary if os.sep in binary else shutil.which(binary)
         if resolved:
             dirs.append(os.path.dirname(os.path.abspath(resolved)))
+    for plugin in exec_plugins:
+        if os.sep in plugin:
+            continue  # an absolute path needs no PATH entry
+        found = shutil.which(plugin)
+        if found:
+            dirs.append(os.path.dirname(os.path.abspath(found)))
     dirs.extend(_BASE_PATH)
     return os.pathsep.join(dict.fromkeys(dirs))
 
@@ -362,26 +474,30 @@ def _write_private(path: Path, content: bytes) -> None:
         raise
 
 
-def _build_dir(root: Path, digest: str, content: bytes) -> None:
+def _build_dir(root: Path, digest: str, content: bytes, kuberc: bytes) -> None:
     for sub in ("", ".kube", ".config", ".config/helm", ".cache", ".cache/helm", ".local", ".local/share",
                 ".local/share/helm"):
         _mkdir_private(root / sub if sub else root)
     _write_private(root / ".kube" / "config", content)
+    _write_private(root / KUBERC_FILE, kuberc)
     # The hash goes last: a directory without it (crash mid-build) is never considered current.
     _write_private(root / HASH_FILE, digest.encode())
 
 
-def _is_current(root: Path, digest: str, content: bytes) -> bool:
-    """True when ``root`` is a real directory (0700) with this hash and this exact kubeconfig (0600)."""
+def _is_current(root: Path, digest: str, content: bytes, kuberc: bytes) -> bool:
+    """True when ``root`` is a real directory (0700) with this hash and this exact kubeconfig and
+    kuberc (0600)."""
     try:
         if root.is_symlink() or not root.is_dir() or (root.stat().st_mode & 0o777) != 0o700:
             return False
         if (root / HASH_FILE).read_bytes() != digest.encode():
             return False
-        kubeconfig = root / ".kube" / "config"
-        if kubeconfig.is_symlink() or (kubeconfig.stat().st_mode & 0o777) != 0o600:
-            return False
-        return kubeconfig.read_bytes() == content
+        for path, expected in ((root / ".kube" / "config", content), (root / KUBERC_FILE, kuberc)):
+            if path.is_symlink() or (path.stat().st_mode & 0o777) != 0o600:
+                return False
+            if path.read_bytes() != expected:
+                return False
+        return True
     except OSError:
         return False
 

@@ -1,8 +1,10 @@
 """Cluster activities: verify, credentials, namespace, OSM state, reset helpers, SyncRepos schedule.
 
-N2VC's ``init_env``/``reset`` (reference A.2, A.3) split into idempotent steps the ``InitCluster`` and
-``ResetCluster`` workflows sequence. Kubeconfigs are stored through ``ClusterEnvs.store_credentials``
-(encrypted at rest when ``KDUFLOW_SECRET_KEY`` is set) and never logged.
+N2VC's ``init_env``/``reset`` split into idempotent steps the ``InitCluster`` and ``ResetCluster``
+workflows sequence. Kubeconfigs pass the kubeconfig policy (``activities/kubeconfig_policy.py``) and
+are stored through ``ClusterEnvs.store_credentials`` (encrypted at rest when ``KDUFLOW_SECRET_KEY``
+is set), never replacing a registered cluster's different credentials without
+``replace_credentials``; they are never logged.
 """
 
 from __future__ import annotations
@@ -112,6 +114,14 @@ def build_get_namespace_argv(kubectl: str, namespace: str) -> list[str]:
     ]
 
 
+def _calling_workflow_id() -> str:
+    """The workflow id of the running activity ("" outside an activity)."""
+    try:
+        return activity.info().workflow_id or ""
+    except RuntimeError:
+        return ""
+
+
 def classify_kubectl_failure(stderr: bytes | str, returncode: int, context: str) -> KduflowError:
     """A failed kubectl call as an error of the tree; unusable kubeconfigs are CredentialsInvalid."""
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
@@ -162,21 +172,35 @@ class ClusterActivities:
 
     @activity.defn(name=CLUSTER_ACTIVITY_NAMES["store_credentials"])
     async def store_credentials(self, inp: StoreCredentialsInput) -> None:
-        """Validate the kubeconfig and store it in ``k8sclusters.{_id}.credentials`` (encrypted when a key is
-        configured), with ``namespace`` when given. Idempotent.
+        """Apply the kubeconfig policy and store the kubeconfig in ``k8sclusters.{_id}.credentials``
+        (encrypted when a key is configured), with ``namespace`` when given.
 
-        Raises ``InvalidInput`` (bad id/namespace), ``CredentialsInvalid`` (malformed kubeconfig):
-        both non-retryable.
+        Idempotent: credentials with the same content (a retry of the same InitCluster) are left
+        as they are. Different credentials of an already registered cluster are replaced only with
+        ``replace_credentials``, recorded in ``_admin.kduflow.credentials_replaced`` with
+        ``workflow_id`` (default: the calling workflow) and fingerprints, never the content.
+
+        Raises ``InvalidInput`` (bad id/namespace), ``CredentialsInvalid`` (kubeconfig refused by
+        the policy), ``ClusterExists`` (different credentials, no ``replace_credentials``): all
+        non-retryable and raised before anything is written.
         """
         validate_cluster_uuid(inp.cluster_uuid)
         if not isinstance(inp.k8s_creds, str) or not inp.k8s_creds.strip():
             raise to_application_error(InvalidInput("k8s_creds: empty kubeconfig"))
-        await self.envs.store_credentials(inp.cluster_uuid, inp.k8s_creds)
         if inp.namespace:
             try:
                 helm_cli.check_namespace(inp.namespace)
             except KduflowError as err:
                 raise to_application_error(err) from None
+        outcome = await self.envs.store_credentials(
+            inp.cluster_uuid,
+            inp.k8s_creds,
+            replace=inp.replace_credentials is True,
+            workflow_id=inp.workflow_id or _calling_workflow_id(),
+        )
+        if outcome != "unchanged":
+            log.info("cluster %s: credentials %s", inp.cluster_uuid, outcome)
+        if inp.namespace:
             await self.store.update_one(
                 CLUSTERS_COLLECTION, {"_id": inp.cluster_uuid}, {"$set": {"namespace": inp.namespace}}
             )

@@ -8,18 +8,24 @@ Two transports share one interface (:class:`KubeApiBase`):
 
 * :class:`KubeApi` speaks HTTP(S) itself (stdlib ``http.client`` on a worker thread; one connection
   per client, reused, guarded by a lock). It understands the kubeconfig's current context: server,
-  ``certificate-authority(-data)``, ``insecure-skip-tls-verify``, ``tls-server-name``, user ``token``
-  / ``tokenFile``, ``client-certificate(-data)`` + ``client-key(-data)``, ``username``/``password``.
+  ``certificate-authority-data``, ``insecure-skip-tls-verify``, ``tls-server-name``, user ``token``,
+  ``client-certificate-data`` + ``client-key-data``, ``username``/``password``.
 * :class:`KubectlRawApi` runs ``kubectl get --raw`` per request. It exists for kubeconfigs whose user
-  authenticates through an ``exec`` or ``auth-provider`` plugin (EKS, GKE, OIDC...), which
-  :meth:`KubeApi.from_kubeconfig` refuses with :class:`KubeApiUnsupported`: the caller falls back to
-  it (see ``activities/status.py``), paying a process per request only for such clusters.
+  authenticates through an allowlisted ``exec`` plugin (EKS, GKE, OIDC...) or impersonates
+  (``as``...), or whose cluster uses a ``proxy-url``: :meth:`KubeApi.from_kubeconfig` raises
+  :class:`KubeApiUnsupported` for those and the caller falls back to it (see
+  ``activities/status.py``), paying a process per request only for such clusters.
+
+Every kubeconfig first passes :func:`activities.kubeconfig_policy.check_kubeconfig`: this client
+never reads a file a kubeconfig names (``tokenFile``, ``client-certificate``, ``client-key``,
+``certificate-authority`` are refused), so it cannot be made to send a worker file to a server.
 
 Errors are the classes of :mod:`activities.errors` (the activity boundary turns them into
 ApplicationErrors with ``to_application_error``): ``ClusterUnreachable`` (connection refused/reset,
 timeout; retryable), ``ServerError`` (5xx, 429, other unexpected answers; retryable),
 ``CredentialsInvalid`` (401, 403, TLS verification failure; not retryable), ``InvalidInput`` (400/422,
-malformed kubeconfig; not retryable). A 404 raises :class:`KubeNotFound`, which callers handle;
+missing context; not retryable), and ``CredentialsInvalid`` for a kubeconfig the policy refuses
+(not retryable). A 404 raises :class:`KubeNotFound`, which callers handle;
 :meth:`KubeApiBase.get_object` turns it into ``None``.
 """
 
@@ -38,13 +44,11 @@ import ssl
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from activities import errors
+from activities import errors, kubeconfig_policy
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ _USER_AGENT = "kduflow-status/0.1"
 
 
 class KubeApiUnsupported(Exception):
-    """The kubeconfig needs something this client does not do (exec/auth-provider plugin, proxy).
+    """The kubeconfig needs something this client does not do (exec plugin, impersonation, proxy).
 
     Not a KduflowError: the caller is expected to fall back to :class:`KubectlRawApi`.
     """
@@ -285,20 +289,18 @@ class KubeApiBase:
 # ------------------------------------------------------------------------------------------------
 
 
-def load_kubeconfig(
-    kubeconfig: Mapping[str, Any] | str | os.PathLike[str],
-) -> tuple[dict[str, Any], Path | None]:
-    """The kubeconfig as a dict, and the directory relative file paths are resolved against."""
+def load_kubeconfig(kubeconfig: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any] | str:
+    """The kubeconfig as a mapping, or the text of the kubeconfig file at a path (at most
+    ``kubeconfig_policy.MAX_TEXT_BYTES`` + 1 bytes are read, so an oversized file is refused)."""
     if isinstance(kubeconfig, Mapping):
-        return dict(kubeconfig), None
+        return kubeconfig
     path = Path(kubeconfig)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        with open(path, "rb") as handle:
+            data = handle.read(kubeconfig_policy.MAX_TEXT_BYTES + 1)
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise _error("InvalidInput", f"cannot read kubeconfig {path}: {type(exc).__name__}") from None
-    if not isinstance(data, dict):
-        raise _error("InvalidInput", f"kubeconfig {path} is not a mapping")
-    return data, path.parent
 
 
 def _named(entries: Any, name: str, what: str) -> dict[str, Any]:
@@ -370,38 +372,43 @@ class KubeApi(KubeApiBase):
         *,
         context: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        exec_plugins: Collection[str] | None = None,
+        allow_proxy: bool | None = None,
     ) -> KubeApi:
         """Build a client for the kubeconfig's current (or named) context.
 
-        Raises KubeApiUnsupported for exec/auth-provider users and proxies (fall back to
-        KubectlRawApi), errors.InvalidInput for a malformed kubeconfig.
-        Client certificate/key data are written to a private 0700 temporary directory only long
-        enough for ``ssl.load_cert_chain`` and removed right after.
+        ``kubeconfig`` is a mapping or the path of a kubeconfig file (e.g. a cluster env's
+        materialised one). It passes the kubeconfig policy first; no file path inside it is ever
+        read. ``exec_plugins``/``allow_proxy`` are the worker's settings; ``None`` (the default)
+        leaves the exec command and ``proxy-url`` unjudged here, because this client never runs a
+        plugin nor uses a proxy: such kubeconfigs raise KubeApiUnsupported and the kubectl fallback
+        runs with the cluster env's kubeconfig, which ``ClusterEnvs`` checked against the settings.
+
+        Raises errors.CredentialsInvalid for a refused kubeconfig, KubeApiUnsupported for exec
+        users, impersonation and proxies (fall back to KubectlRawApi), errors.InvalidInput for a
+        missing context, cluster or user. Client certificate/key data are written to a private 0700
+        temporary directory only long enough for ``ssl.load_cert_chain`` and removed right after.
         """
-        config, base_dir = load_kubeconfig(kubeconfig)
-
-        def resolve(file: str) -> str:
-            path = Path(os.path.expanduser(file))
-            return str(path if path.is_absolute() or base_dir is None else base_dir / path)
-
+        config = kubeconfig_policy.check_kubeconfig(
+            load_kubeconfig(kubeconfig),
+            exec_plugins=exec_plugins,
+            allow_proxy=True if allow_proxy is None else allow_proxy,
+        )
         ctx_name = context or config.get("current-context")
         if not ctx_name:
             raise _error("InvalidInput", "kubeconfig has no current-context")
         ctx = _named(config.get("contexts"), str(ctx_name), "context")
         cluster = _named(config.get("clusters"), str(ctx.get("cluster")), "cluster")
         user = _named(config.get("users"), str(ctx.get("user")), "user") if ctx.get("user") else {}
-        if user.get("exec") or user.get("auth-provider"):
-            raise KubeApiUnsupported("kubeconfig user authenticates through an exec/auth-provider plugin")
+        if user.get("exec"):
+            raise KubeApiUnsupported("kubeconfig user authenticates through an exec plugin")
+        if any(user.get(key) for key in ("as", "as-uid", "as-groups", "as-user-extra")):
+            raise KubeApiUnsupported("kubeconfig user impersonates another identity")
         if cluster.get("proxy-url"):
             raise KubeApiUnsupported("kubeconfig cluster uses a proxy-url")
         server = str(cluster.get("server") or "")
         headers: dict[str, str] = {}
         token = user.get("token")
-        if not token and user.get("tokenFile"):
-            try:
-                token = Path(resolve(str(user["tokenFile"]))).read_text().strip()
-            except OSError as exc:
-                raise _error("InvalidInput", f"kubeconfig tokenFile unreadable: {exc.strerror}") from None
         if token:
             headers["Authorization"] = f"Bearer {token}"
         elif user.get("username") is not None and user.get("password") is not None:
@@ -423,12 +430,7 @@ class KubeApi(KubeApiBase):
                         "InvalidInput",
                         "kubeconfig certificate-authority-data is not a PEM certificate",
                     ) from None
-            elif cluster.get("certificate-authority"):
-                try:
-                    ssl_context.load_verify_locations(cafile=resolve(str(cluster["certificate-authority"])))
-                except (OSError, ssl.SSLError):
-                    raise _error("InvalidInput", "kubeconfig certificate-authority file unreadable") from None
-            _load_client_cert(ssl_context, user, resolve)
+            _load_client_cert(ssl_context, user)
         return cls(
             server,
             ssl_context=ssl_context,
@@ -519,25 +521,18 @@ class KubeApi(KubeApiBase):
                 self._lock.release()
 
 
-def _load_client_cert(ctx: ssl.SSLContext, user: Mapping[str, Any], resolve: Any) -> None:
+def _load_client_cert(ctx: ssl.SSLContext, user: Mapping[str, Any]) -> None:
     cert_data, key_data = user.get("client-certificate-data"), user.get("client-key-data")
-    cert_file, key_file = user.get("client-certificate"), user.get("client-key")
-    if not (cert_data or cert_file):
+    if not cert_data:
         return
-    if not (key_data or key_file):
-        raise _error("InvalidInput", "kubeconfig has a client certificate but no client key")
+    if not key_data:
+        raise _error("InvalidInput", "kubeconfig has client-certificate-data but no client-key-data")
     tmp = tempfile.mkdtemp(prefix="kduflow-kube-")  # mkdtemp creates it 0700
     try:
-        if cert_data:
-            cert_file = os.path.join(tmp, "client.crt")
-            _write_private(cert_file, _b64(str(cert_data), "client-certificate-data"))
-        else:
-            cert_file = resolve(str(cert_file))
-        if key_data:
-            key_file = os.path.join(tmp, "client.key")
-            _write_private(key_file, _b64(str(key_data), "client-key-data"))
-        else:
-            key_file = resolve(str(key_file))
+        cert_file = os.path.join(tmp, "client.crt")
+        _write_private(cert_file, _b64(str(cert_data), "client-certificate-data"))
+        key_file = os.path.join(tmp, "client.key")
+        _write_private(key_file, _b64(str(key_data), "client-key-data"))
         try:
             ctx.load_cert_chain(cert_file, key_file)
         except (OSError, ssl.SSLError):
@@ -553,7 +548,7 @@ def _write_private(path: str, data: bytes) -> None:
 
 
 class KubectlRawApi(KubeApiBase):
-    """Fallback transport: ``kubectl get --raw PATH`` per request, for exec/auth-provider kubeconfigs.
+    """Fallback transport: ``kubectl get --raw PATH`` per request, for exec/impersonation/proxy kubeconfigs.
 
     ``env`` is the whole process environment (the cluster env: KUBECONFIG, HOME, PATH...); the
     kubeconfig never appears on argv. Costs a process per request, so only used when

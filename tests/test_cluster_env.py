@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -103,7 +104,11 @@ async def test_fresh_materialisation_layout_modes_and_env(tmp_path: Path, store:
         "HELM_DATA_HOME": str(root / ".local" / "share" / "helm"),
         "NO_COLOR": "1",
         "PATH": f"{tools_dir}:/usr/bin:/bin",
+        "KUBERC": str(root / ".kube" / "kuberc"),
     }
+    assert mode(root / ".kube" / "kuberc") == 0o600
+    # No exec plugin is allowlisted: kubectl's own plugin policy denies them all.
+    assert yaml.safe_load((root / ".kube" / "kuberc").read_text())["credentialPluginPolicy"] == "DenyAll"
     assert "/inherited" not in json.dumps(env.env)
     assert env.repositories_file == root / ".config" / "helm" / "repositories.yaml"
     # The hook ran once, after the directory existed, with the store document.
@@ -294,7 +299,7 @@ async def test_missing_cluster_or_credentials(tmp_path: Path, store: Store) -> N
         ("just a string", "expected a mapping, got str"),
         ({**kubeconfig(), "users": []}, "'users' must be a non-empty list"),
         ({**kubeconfig(), "clusters": [{"cluster": {}}]}, "every entry of 'clusters' needs a 'name'"),
-        ({**kubeconfig(), "current-context": "nope"}, "current-context 'nope' is not among"),
+        ({**kubeconfig(), "current-context": "nope"}, "current-context is not among"),
         ({**{k: v for k, v in kubeconfig().items() if k != "current-context"},
           "contexts": [{"name": "a", "context": {}}, {"name": "b", "context": {}}]},
          "no 'current-context' and more than one"),
@@ -395,3 +400,131 @@ async def test_real_helm_and_kubectl_use_the_private_environment(tmp_path: Path,
     assert config["clusters"][0]["cluster"]["server"] == "https://10.20.30.40:6443"
     assert config["contexts"][0]["context"]["namespace"] == "kdu-ns"
     assert "sekret-token" not in view  # kubectl redacts the token itself
+
+
+# ---------------------------------------------------------------------------------------------
+# The kubeconfig policy on store and on use; registration that never silently replaces.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "credentials, field",
+    [
+        ({**kubeconfig(), "users": [{"name": "osm-admin", "user": {"tokenFile": "/proc/self/environ"}}]},
+         "users[0].user.tokenFile"),
+        ({**kubeconfig(), "users": [{"name": "osm-admin", "user": {"exec": {"command": "/bin/sh",
+                                                                        "args": ["-c", "id"]}}}]},
+         "users[0].user.exec.command"),
+        ("[" * 10_000 + "]" * 10_000, ""),
+        ({**kubeconfig(), "users": [{"name": "osm-admin", "user": {"token": "sekret-token\r\nX: y"}}]},
+         "users[0].user.token"),
+    ],
+    ids=["tokenFile", "exec-shell", "deep-nesting", "token-crlf"],
+)
+async def test_hostile_documents_are_refused_on_use(tmp_path: Path, store: Store, credentials: Any,
+                                                    field: str) -> None:
+    """A document written straight into the store never reaches helm/kubectl: get() refuses it
+    non-retryably (no RecursionError or ValueError retried as an unknown error)."""
+    envs = ClusterEnvs(make_settings(tmp_path), store)
+    await store.insert_one("k8sclusters", {"_id": CLUSTER, "credentials": credentials})
+    with pytest.raises(ApplicationError) as err:
+        await envs.get(CLUSTER)
+    assert err.value.type == "CredentialsInvalid" and err.value.non_retryable
+    assert field in str(err.value) and "sekret-token" not in str(err.value)
+    assert not (tmp_path / "worker1" / "clusters" / CLUSTER).exists()
+    with pytest.raises(ApplicationError) as err:
+        await envs.store_credentials("other", credentials)
+    assert err.value.type == "CredentialsInvalid"
+    assert await store.find_one("k8sclusters", {"_id": "other"}) is None
+
+
+async def test_store_credentials_outcomes(tmp_path: Path, store: Store) -> None:
+    envs = ClusterEnvs(make_settings(tmp_path), store)
+    assert await envs.store_credentials(CLUSTER, kubeconfig(), replace=False) == "created"
+    stored = (await store.find_one("k8sclusters", {"_id": CLUSTER}) or {})["credentials"]
+    # The same content, as YAML text this time: a no-op even without replace.
+    assert await envs.store_credentials(CLUSTER, yaml.safe_dump(kubeconfig()), replace=False) == "unchanged"
+    assert (await store.find_one("k8sclusters", {"_id": CLUSTER}) or {})["credentials"] == stored
+    # Different content without replace: ClusterExists, nothing written.
+    with pytest.raises(ApplicationError) as err:
+        await envs.store_credentials(CLUSTER, kubeconfig(server="https://10.99.99.99:6443"), replace=False)
+    assert err.value.type == "ClusterExists" and err.value.non_retryable and CLUSTER in str(err.value)
+    doc = await store.find_one("k8sclusters", {"_id": CLUSTER})
+    assert doc is not None and doc["credentials"] == stored and "_admin" not in doc
+    # With replace: written and recorded with fingerprints only.
+    outcome = await envs.store_credentials(CLUSTER, kubeconfig(server="https://10.99.99.99:6443"),
+                                           replace=True, workflow_id="wf-1")
+    assert outcome == "replaced"
+    doc = await store.find_one("k8sclusters", {"_id": CLUSTER})
+    assert doc is not None
+    assert doc["credentials"]["clusters"][0]["cluster"]["server"] == "https://10.99.99.99:6443"
+    record = doc["_admin"]["kduflow"]["credentials_replaced"]
+    assert record["workflow_id"] == "wf-1" and isinstance(record["at"], int)
+    assert len(record["previous_fingerprint"]) == 16 and len(record["fingerprint"]) == 16
+    assert record["previous_fingerprint"] != record["fingerprint"]
+    assert "sekret-token" not in json.dumps(doc["_admin"]) and "10.99" not in json.dumps(doc["_admin"])
+
+
+async def test_store_credentials_compares_decrypted_content(tmp_path: Path, store: Store) -> None:
+    envs = ClusterEnvs(make_settings(tmp_path), store, SecretBox.from_setting(key_setting()))
+    assert await envs.store_credentials(CLUSTER, kubeconfig(), replace=False) == "created"
+    envelope = (await store.find_one("k8sclusters", {"_id": CLUSTER}) or {})["credentials"]
+    assert await envs.store_credentials(CLUSTER, kubeconfig(), replace=False) == "unchanged"
+    assert (await store.find_one("k8sclusters", {"_id": CLUSTER}) or {})["credentials"] == envelope
+    with pytest.raises(ApplicationError) as err:
+        await envs.store_credentials(CLUSTER, kubeconfig(namespace="other"), replace=False)
+    assert err.value.type == "ClusterExists"
+
+
+async def test_unusable_stored_credentials_are_replaced_only_on_request(tmp_path: Path, store: Store) -> None:
+    envs = ClusterEnvs(make_settings(tmp_path), store)
+    hostile = {**kubeconfig(), "users": [{"name": "osm-admin", "user": {"tokenFile": "/etc/shadow"}}]}
+    await store.insert_one("k8sclusters", {"_id": CLUSTER, "credentials": hostile})
+    with pytest.raises(ApplicationError) as err:
+        await envs.store_credentials(CLUSTER, kubeconfig(), replace=False)
+    assert err.value.type == "ClusterExists"
+    assert await envs.store_credentials(CLUSTER, kubeconfig(), replace=True) == "replaced"
+    doc = await store.find_one("k8sclusters", {"_id": CLUSTER})
+    assert doc is not None and doc["credentials"] == kubeconfig()
+    assert doc["_admin"]["kduflow"]["credentials_replaced"]["previous_fingerprint"] == ""
+
+
+async def test_store_credentials_refuses_a_concurrent_change(tmp_path: Path, store: Store,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write is a compare-and-set: if another writer changed the credentials between the read
+    and the write, nothing is overwritten and a retryable error makes the retry compare again."""
+    envs = ClusterEnvs(make_settings(tmp_path), store)
+    await envs.store_credentials(CLUSTER, kubeconfig())
+    real_find_one = store.find_one
+
+    async def find_then_race(collection: str, filter: dict) -> dict | None:
+        doc = await real_find_one(collection, filter)
+        await store.update_one("k8sclusters", {"_id": CLUSTER},
+                               {"$set": {"credentials": kubeconfig(namespace="raced")}})
+        return doc
+
+    monkeypatch.setattr(store, "find_one", find_then_race)
+    with pytest.raises(ApplicationError) as err:
+        await envs.store_credentials(CLUSTER, kubeconfig(server="https://10.99.99.99:6443"), replace=True)
+    assert err.value.type == "OperationInProgress" and not err.value.non_retryable
+    monkeypatch.setattr(store, "find_one", real_find_one)
+    doc = await store.find_one("k8sclusters", {"_id": CLUSTER})
+    assert doc is not None and doc["credentials"] == kubeconfig(namespace="raced")
+
+
+async def test_a_new_exec_allowlist_rebuilds_the_directory(tmp_path: Path, store: Store) -> None:
+    settings = make_settings(tmp_path)
+    await ClusterEnvs(settings, store).store_credentials(CLUSTER, kubeconfig())
+    first = await ClusterEnvs(settings, store).get(CLUSTER)
+    kuberc = Path(first.env["KUBERC"])
+    assert yaml.safe_load(kuberc.read_text())["credentialPluginPolicy"] == "DenyAll"
+    restarted = ClusterEnvs(dataclasses.replace(settings, exec_plugins=("aws",)), store)
+    second = await restarted.get(CLUSTER)
+    assert second.content_hash != first.content_hash
+    assert yaml.safe_load(kuberc.read_text())["credentialPluginAllowlist"] == [{"name": "aws"}]
+    # A tampered kuberc is never trusted either.
+    kuberc.write_text("apiVersion: kubectl.config.k8s.io/v1beta1\nkind: Preference\n"
+                      "credentialPluginPolicy: AllowAll\n")
+    os.chmod(kuberc, 0o600)
+    third = await ClusterEnvs(dataclasses.replace(settings, exec_plugins=("aws",)), store).get(CLUSTER)
+    assert yaml.safe_load(Path(third.env["KUBERC"]).read_text())["credentialPluginPolicy"] == "Allowlist"

@@ -244,3 +244,69 @@ async def test_schedule_upsert_and_delete(
     assert err.value.type == "InvalidInput"
     assert (await act_env.run(acts.delete_schedule, ClusterRef(cluster))).action == "deleted"
     assert (await act_env.run(acts.delete_schedule, ClusterRef(cluster))).action == "absent"
+
+
+async def test_store_credentials_never_silently_replaces(
+    helm4: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster
+) -> None:
+    acts = make(helm4, store, tmp_path / "w")
+    cluster = new_id()
+    first = sandbox.kubeconfig()
+    await acts.store_credentials(StoreCredentialsInput(cluster, first, "kdu-ns"))
+    # A retry of the same InitCluster (same content, here re-serialised) converges: no error, no record.
+    same = yaml.safe_dump(yaml.safe_load(first), sort_keys=True)
+    await acts.store_credentials(StoreCredentialsInput(cluster, same, "kdu-ns"))
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["credentials"] == first and "_admin" not in doc
+
+    # Another caller registering different credentials under the same id is refused.
+    config = yaml.safe_load(first)
+    config["users"][0]["user"]["token"] = "attacker-token"
+    other = yaml.safe_dump(config)
+    with pytest.raises(ApplicationError) as err:
+        await acts.store_credentials(StoreCredentialsInput(cluster, other, "other-ns"))
+    assert err.value.type == "ClusterExists" and err.value.non_retryable and cluster in str(err.value)
+    assert "attacker-token" not in str(err.value)
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["credentials"] == first and doc["namespace"] == "kdu-ns"  # nothing written
+    assert (await acts.verify(ClusterRef(cluster))).server_version  # still the real credentials
+
+    # Asked for explicitly, the replacement happens and is recorded with the calling workflow.
+    act_env = ActivityEnvironment()
+    await act_env.run(
+        acts.store_credentials, StoreCredentialsInput(cluster, other, "other-ns", replace_credentials=True)
+    )
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["credentials"] == other and doc["namespace"] == "other-ns"
+    record = doc["_admin"]["kduflow"]["credentials_replaced"]
+    assert record["workflow_id"] == act_env.info.workflow_id
+    assert record["fingerprint"] != record["previous_fingerprint"] and len(record["fingerprint"]) == 16
+    assert "attacker-token" not in str(doc["_admin"]) and sandbox.token not in str(doc["_admin"])
+    # An explicit workflow id wins; replacing with identical content records nothing new.
+    await acts.store_credentials(
+        StoreCredentialsInput(cluster, first, replace_credentials=True, workflow_id="wf-explicit")
+    )
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["_admin"]["kduflow"]["credentials_replaced"]["workflow_id"] == "wf-explicit"
+    await acts.store_credentials(
+        StoreCredentialsInput(cluster, first, replace_credentials=True, workflow_id="x")
+    )
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["_admin"]["kduflow"]["credentials_replaced"]["workflow_id"] == "wf-explicit"
+
+
+async def test_store_credentials_refuses_before_writing(
+    helm4: HelmTools, store: Store, tmp_path: Path, sandbox: SandboxCluster
+) -> None:
+    acts = make(helm4, store, tmp_path / "w")
+    cluster = new_id()
+    with pytest.raises(ApplicationError) as err:
+        await acts.store_credentials(StoreCredentialsInput(cluster, sandbox.kubeconfig(), "Bad_NS"))
+    assert err.value.type == "InvalidInput"
+    config = yaml.safe_load(sandbox.kubeconfig())
+    config["users"][0]["user"] = {"tokenFile": "/proc/self/environ"}
+    with pytest.raises(ApplicationError) as err:
+        await acts.store_credentials(StoreCredentialsInput(cluster, yaml.safe_dump(config), "kdu-ns"))
+    assert err.value.type == "CredentialsInvalid" and err.value.non_retryable
+    assert "users[0].user.tokenFile" in str(err.value) and "/proc/self/environ" not in str(err.value)
+    assert await store.find_one("k8sclusters", {"_id": cluster}) is None

@@ -164,51 +164,151 @@ async def test_server_closing_idle_connection_is_retried_once(fake: FakeKube) ->
     assert fake.connections == 2
 
 
-async def test_basic_auth_and_token_file(fake: FakeKube, tmp_path: Path) -> None:
+async def test_basic_auth(fake: FakeKube) -> None:
     fake.token = None
     api = KubeApi.from_kubeconfig(fake.kubeconfig(username="admin", password="pw"))
     await api.version()
     await api.close()
     assert fake.auth_headers[-1] == "Basic " + base64.b64encode(b"admin:pw").decode()
-    (tmp_path / "token").write_text("file-token\n")
-    config = fake.kubeconfig(tokenFile="token")
+
+
+async def test_kubeconfig_file_is_read_through_the_policy(fake: FakeKube, tmp_path: Path) -> None:
     path = tmp_path / "config"
-    path.write_text(yaml.safe_dump(config))
-    api = KubeApi.from_kubeconfig(path)  # relative tokenFile resolves against the kubeconfig's dir
-    await api.version()
-    await api.close()
-    assert fake.auth_headers[-1] == "Bearer file-token"
+    path.write_text(yaml.safe_dump(fake.kubeconfig()))
+    api = KubeApi.from_kubeconfig(path)
+    try:
+        assert (await api.version())["major"] == "1"
+    finally:
+        await api.close()
+    path.write_text("x" * (600 * 1024))
+    with pytest.raises(errors.CredentialsInvalid, match="larger than 512 KiB"):
+        KubeApi.from_kubeconfig(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        pytest.param("user", "tokenFile", id="tokenFile"),
+        pytest.param("user", "client-certificate", id="client-certificate"),
+        pytest.param("user", "client-key", id="client-key"),
+        pytest.param("cluster", "certificate-authority", id="certificate-authority"),
+    ],
+)
+def test_file_paths_are_refused_without_reading_them(
+    fake: FakeKube, tmp_path: Path, section: str, field: str
+) -> None:
+    """A kubeconfig naming a worker file never makes the client read it or say whether it exists."""
+    secret = tmp_path / "environ"
+    secret.write_text("SECRET=worker-only\n")
+    messages = []
+    for target in (str(secret), "/proc/self/environ", str(tmp_path / "absent")):
+        config = fake.kubeconfig()
+        entry = config["users"][0]["user"] if section == "user" else config["clusters"][0]["cluster"]
+        entry[field] = target
+        with pytest.raises(errors.CredentialsInvalid) as info:
+            KubeApi.from_kubeconfig(config)
+        assert not info.value.retryable
+        assert info.value.details == {"field": f"{section}s[0].{section}.{field}"}
+        assert target not in str(info.value) and "worker-only" not in str(info.value)
+        messages.append(str(info.value))
+    assert len(set(messages)) == 1  # the same whether the file exists, is readable or is absent
+    assert fake.paths == []
+
+
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "abc\n", "tab\there", "caf\u00e9"])
+def test_token_with_control_characters_is_refused(fake: FakeKube, token: str) -> None:
+    with pytest.raises(errors.CredentialsInvalid) as info:
+        KubeApi.from_kubeconfig(fake.kubeconfig(token=token))
+    assert info.value.details == {"field": "users[0].user.token"}
+    assert "abc" not in str(info.value)
 
 
 @pytest.mark.parametrize(
     "user",
     [
         pytest.param({"exec": {"command": "aws", "args": ["eks", "get-token"]}}, id="exec"),
-        pytest.param({"auth-provider": {"name": "oidc"}}, id="auth-provider"),
+        pytest.param({"token": "t", "as": "admin"}, id="impersonation"),
+        pytest.param({"token": "t", "as-groups": ["system:masters"]}, id="impersonated-groups"),
     ],
 )
-def test_plugins_are_unsupported(fake: FakeKube, user: dict[str, Any]) -> None:
+def test_plugins_and_impersonation_are_unsupported(fake: FakeKube, user: dict[str, Any]) -> None:
+    # Not judged here (this client never runs a plugin): the kubectl fallback does, with the
+    # cluster env's kubeconfig that ClusterEnvs checked against the worker's settings.
     with pytest.raises(KubeApiUnsupported):
         KubeApi.from_kubeconfig(fake.kubeconfig(**user))
 
 
+def test_proxy_is_unsupported_or_refused(fake: FakeKube) -> None:
+    config = fake.kubeconfig()
+    config["clusters"][0]["cluster"]["proxy-url"] = "http://proxy.example:3128"
+    with pytest.raises(KubeApiUnsupported):
+        KubeApi.from_kubeconfig(config)
+    with pytest.raises(errors.CredentialsInvalid) as info:
+        KubeApi.from_kubeconfig(config, allow_proxy=False)
+    assert info.value.details == {"field": "clusters[0].cluster.proxy-url"}
+
+
+def test_exec_outside_the_allowlist_is_refused_when_judged(fake: FakeKube) -> None:
+    config = fake.kubeconfig(exec={"command": "/bin/sh", "args": ["-c", "id"]})
+    with pytest.raises(errors.CredentialsInvalid) as info:
+        KubeApi.from_kubeconfig(config, exec_plugins=("aws",))
+    assert info.value.details == {"field": "users[0].user.exec.command"}
+    assert "/bin/sh" not in str(info.value)
+    with pytest.raises(KubeApiUnsupported):
+        KubeApi.from_kubeconfig(config, exec_plugins=("/bin/sh",))
+
+
+def test_auth_provider_is_refused(fake: FakeKube) -> None:
+    with pytest.raises(errors.CredentialsInvalid) as info:
+        KubeApi.from_kubeconfig(fake.kubeconfig(**{"auth-provider": {"name": "oidc"}}))
+    assert info.value.details == {"field": "users[0].user.auth-provider"}
+
+
+def _two_contexts(config: dict[str, Any]) -> None:
+    config.pop("current-context")
+    config["contexts"].append({"name": "ctx2", "context": {"cluster": "c", "user": "u"}})
+
+
 @pytest.mark.parametrize(
-    ("mutate", "needle"),
+    ("mutate", "field", "needle"),
     [
-        pytest.param(lambda c: c.pop("current-context"), "current-context", id="no-context"),
-        pytest.param(lambda c: c.update({"current-context": "other"}), "'other'", id="unknown-context"),
+        pytest.param(_two_contexts, "current-context", "more than one context", id="no-context"),
         pytest.param(
-            lambda c: c["clusters"][0]["cluster"].update(server="ftp://x"), "http(s)", id="bad-server"
+            lambda c: c.update({"current-context": "other"}),
+            "current-context",
+            "is not among the contexts",
+            id="unknown-context",
+        ),
+        pytest.param(
+            lambda c: c["clusters"][0]["cluster"].update(server="ftp://x"),
+            "clusters[0].cluster.server",
+            "https:// or http://",
+            id="bad-server",
+        ),
+        pytest.param(
+            lambda c: c["clusters"][0]["cluster"].update(server="https://user:pw@host"),
+            "clusters[0].cluster.server",
+            "userinfo",
+            id="server-userinfo",
         ),
     ],
 )
-def test_malformed_kubeconfig_is_invalid_input(fake: FakeKube, mutate: Any, needle: str) -> None:
+def test_refused_kubeconfig_is_credentials_invalid(
+    fake: FakeKube, mutate: Any, field: str, needle: str
+) -> None:
     config = fake.kubeconfig()
     mutate(config)
-    with pytest.raises(errors.InvalidInput) as info:
+    with pytest.raises(errors.CredentialsInvalid) as info:
         KubeApi.from_kubeconfig(config)
+    assert not info.value.retryable
+    assert info.value.details == {"field": field}
     assert needle in str(info.value)
-    assert "s3cr3t" not in str(info.value)
+    assert "s3cr3t" not in str(info.value) and "pw@" not in str(info.value)
+
+
+def test_missing_named_context_is_invalid_input(fake: FakeKube) -> None:
+    with pytest.raises(errors.InvalidInput, match="'nope'"):
+        KubeApi.from_kubeconfig(fake.kubeconfig(), context="nope")
 
 
 @pytest.fixture(scope="module")
@@ -238,18 +338,19 @@ async def test_tls_with_ca_data_and_client_cert_data(pki: Any) -> None:
             await api.close()
 
 
-async def test_tls_files_and_server_name(pki: Any, tmp_path: Path) -> None:
-    (tmp_path / "ca.crt").write_bytes(pki.ca_pem)
-    (tmp_path / "client.crt").write_bytes(pki.client_cert_pem)
-    (tmp_path / "client.key").write_bytes(pki.client_key_pem)
+async def test_tls_server_name_with_inline_data(pki: Any) -> None:
     with tls_fake_kube(pki, require_client_cert=True) as fake:
-        config = fake.kubeconfig(**{"client-certificate": "client.crt", "client-key": "client.key"})
+        config = fake.kubeconfig(
+            **{
+                "client-certificate-data": base64.b64encode(pki.client_cert_pem).decode(),
+                "client-key-data": base64.b64encode(pki.client_key_pem).decode(),
+            }
+        )
         cluster = config["clusters"][0]["cluster"]
         del cluster["insecure-skip-tls-verify"]
-        cluster["certificate-authority"] = "ca.crt"
+        cluster["certificate-authority-data"] = base64.b64encode(pki.ca_pem).decode()
         cluster["tls-server-name"] = "kube.test"
-        (tmp_path / "config").write_text(yaml.safe_dump(config))
-        api = KubeApi.from_kubeconfig(tmp_path / "config")
+        api = KubeApi.from_kubeconfig(config)
         try:
             assert (await api.version())["major"] == "1"
         finally:

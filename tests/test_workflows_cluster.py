@@ -317,15 +317,37 @@ async def test_init_cluster_id_choice_and_steps(
     ]
 
 
-async def test_init_cluster_with_creds_stores_them_and_warns(ts_env: Any) -> None:
+@pytest.mark.parametrize("replace", [False, True])
+async def test_init_cluster_with_creds_stores_them_and_warns(ts_env: Any, replace: bool) -> None:
     mocks = Mocks()
     inp = InitClusterInput(
-        cluster_uuid="c1", k8s_creds="apiVersion: v1\n", namespace="osm-ns", sync_interval_s=-1
+        cluster_uuid="c1",
+        k8s_creds="apiVersion: v1\n",
+        namespace="osm-ns",
+        sync_interval_s=-1,
+        replace_credentials=replace,
     )
     result = await run_with_mocks(ts_env, mocks, InitCluster.run, inp)
-    assert mocks.calls["store_credentials"] == [StoreCredentialsInput("c1", "apiVersion: v1\n", "osm-ns")]
+    [stored] = mocks.calls["store_credentials"]
+    assert stored.workflow_id.startswith("wf-")  # the InitCluster run, recorded with a replacement
+    assert stored == StoreCredentialsInput(
+        "c1", "apiVersion: v1\n", "osm-ns", replace_credentials=replace, workflow_id=stored.workflow_id
+    )
     assert result.namespace_created and result.schedule_id == ""
     assert "upsert_schedule" not in mocks.calls
+
+
+async def test_init_cluster_existing_cluster_fails_without_retry(ts_env: Any) -> None:
+    mocks = Mocks()
+    mocks.fail["store_credentials"] = ApplicationError(
+        "cluster 'c1' already has different credentials", type="ClusterExists", non_retryable=True
+    )
+    inp = InitClusterInput(cluster_uuid="c1", k8s_creds="apiVersion: v1\n", sync_interval_s=-1)
+    with pytest.raises(WorkflowFailureError) as err:
+        await run_with_mocks(ts_env, mocks, InitCluster.run, inp)
+    assert err.value.cause.cause.type == "ClusterExists"
+    assert len(mocks.calls["store_credentials"]) == 1
+    assert "verify" not in mocks.calls and "ensure_namespace" not in mocks.calls
 
 
 async def test_init_cluster_bad_credentials_records_error(ts_env: Any) -> None:
@@ -402,6 +424,53 @@ async def test_reset_cluster_invalid_input(ts_env: Any) -> None:
 # ----------------------------------------------------------------------------------------------
 # End to end on the sandbox cluster with real activities.
 # ----------------------------------------------------------------------------------------------
+
+
+async def test_init_cluster_reregistration_end_to_end(
+    helm4: HelmTools, store: Store, tmp_path: Path, ts_env: Any, sandbox: SandboxCluster
+) -> None:
+    """With the real activities: re-running InitCluster with the same kubeconfig converges, a
+    different one is ClusterExists (nothing replaced), and replace_credentials replaces and records."""
+    repos, clusters = real_activities(helm4, store, tmp_path / "w")
+    cluster = str(uuid.uuid4())
+    task_queue = f"tq-{uuid.uuid4()}"
+    other = sandbox.kubeconfig(namespace="another-default")  # valid, but different content
+    assert other != sandbox.kubeconfig()
+
+    def init(creds: str, replace: bool = False) -> InitClusterInput:
+        return InitClusterInput(
+            cluster_uuid=cluster, k8s_creds=creds, sync_interval_s=-1, replace_credentials=replace
+        )
+
+    async with Worker(
+        ts_env.client,
+        task_queue=task_queue,
+        workflows=CLUSTER_WORKFLOWS,
+        activities=[*activity_methods(repos), *activity_methods(clusters)],
+    ):
+        for run in ("first", "again"):
+            result = await ts_env.client.execute_workflow(
+                InitCluster.run, init(sandbox.kubeconfig()), id=f"init-{run}-{cluster}", task_queue=task_queue
+            )
+            assert result.server_version.startswith("v1.")
+        with pytest.raises(WorkflowFailureError) as err:
+            await ts_env.client.execute_workflow(
+                InitCluster.run, init(other), id=f"init-other-{cluster}", task_queue=task_queue
+            )
+        assert err.value.cause.cause.type == "ClusterExists"
+        doc = await store.find_one("k8sclusters", {"_id": cluster})
+        assert doc["credentials"] == sandbox.kubeconfig()
+        assert "credentials_replaced" not in doc["_admin"].get("kduflow", {})
+        replaced = await ts_env.client.execute_workflow(
+            InitCluster.run, init(other, replace=True), id=f"init-replace-{cluster}", task_queue=task_queue
+        )
+        assert replaced.server_version.startswith("v1.")
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    assert doc["credentials"] == other
+    record = doc["_admin"]["kduflow"]["credentials_replaced"]
+    assert record["workflow_id"] == f"init-replace-{cluster}"
+    assert record["fingerprint"] != record["previous_fingerprint"]
+    assert sandbox.token not in str(doc["_admin"])
 
 
 async def test_init_and_reset_cluster_end_to_end(

@@ -36,6 +36,9 @@ class InitClusterInput:
     reuse_cluster_uuid: str = ""
     #: Run SyncRepos every this many seconds (0 = the worker default, negative = no schedule).
     sync_interval_s: int = 0
+    #: Replace the credentials of an already registered cluster when ``k8s_creds`` differs from
+    #: them (recorded in ``_admin.kduflow.credentials_replaced``); without it that is ClusterExists.
+    replace_credentials: bool = False
 
 
 @dataclass
@@ -91,6 +94,10 @@ class StoreCredentialsInput:
     #: Kubeconfig YAML (see InitClusterInput.k8s_creds).
     k8s_creds: str
     namespace: str = ""
+    #: See InitClusterInput.replace_credentials.
+    replace_credentials: bool = False
+    #: The workflow asking, recorded with a replacement ("" = the calling activity's workflow).
+    workflow_id: str = ""
 
 
 @dataclass
