@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 #: Default seconds between two SyncRepos runs of a cluster's schedule.
 DEFAULT_SYNC_INTERVAL_S = 600
 MIN_SYNC_INTERVAL_S = 10
+MAX_SYNC_INTERVAL_S = 30 * 86_400
 KUBECTL_TIMEOUT = 60.0
 #: kubectl's own per-request timeout, so an unreachable server fails fast and is retried by Temporal.
 REQUEST_TIMEOUT = "15s"
@@ -359,12 +360,22 @@ class ClusterActivities:
     async def upsert_schedule(self, inp: ScheduleInput) -> ScheduleResult:
         """Create, or update in place, the Schedule running SyncRepos for the cluster (overlap: skip)."""
         validate_cluster_uuid(inp.cluster_uuid)
+        # Any workflow can schedule this activity: bound the interval like InitCluster does, and
+        # start SyncRepos only on this worker's own task queue (a caller must not point a recurring
+        # schedule at a queue the operator does not serve).
+        if isinstance(inp.interval_s, bool) or not isinstance(inp.interval_s, int):
+            raise to_application_error(InvalidInput("interval_s: must be an integer"))
         interval = int(inp.interval_s or self.sync_interval_s)
-        if interval < MIN_SYNC_INTERVAL_S:
+        if not MIN_SYNC_INTERVAL_S <= interval <= MAX_SYNC_INTERVAL_S:
             raise to_application_error(
-                InvalidInput(f"interval_s: {interval} is below {MIN_SYNC_INTERVAL_S}s")
+                InvalidInput(f"interval_s: {interval} is not between {MIN_SYNC_INTERVAL_S} and "
+                             f"{MAX_SYNC_INTERVAL_S} seconds")
             )
-        task_queue = inp.task_queue or activity.info().task_queue
+        task_queue = activity.info().task_queue
+        if inp.task_queue and inp.task_queue != task_queue:
+            raise to_application_error(
+                InvalidInput("task_queue: SyncRepos schedules run on the task queue of this worker only")
+            )
         client = activity.client()
         schedule_id = schedule_id_for(inp.cluster_uuid)
         schedule = self._schedule(inp.cluster_uuid, interval, task_queue)

@@ -239,9 +239,18 @@ async def test_schedule_upsert_and_delete(
     assert updated.action == "updated"
     desc = await handle.describe()
     assert desc.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(seconds=600))]
-    with pytest.raises(ApplicationError) as err:
-        await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=1))
-    assert err.value.type == "InvalidInput"
+    # Any workflow may call this activity: the interval is bounded and the schedule can only start
+    # SyncRepos on the activity's own task queue.
+    for bad in (
+        ScheduleInput(cluster, interval_s=1),
+        ScheduleInput(cluster, interval_s=10**20),
+        ScheduleInput(cluster, interval_s=True),
+        ScheduleInput(cluster, interval_s=120, task_queue="someone-elses-queue"),
+    ):
+        with pytest.raises(ApplicationError) as err:
+            await act_env.run(acts.upsert_schedule, bad)
+        assert err.value.type == "InvalidInput" and err.value.non_retryable
+    assert (await handle.describe()).schedule.action.task_queue == "tq-sched"
     assert (await act_env.run(acts.delete_schedule, ClusterRef(cluster))).action == "deleted"
     assert (await act_env.run(acts.delete_schedule, ClusterRef(cluster))).action == "absent"
 
