@@ -71,6 +71,7 @@ from activities.models import (
     ValuesResult,
 )
 from activities.runner import ProcessResult, Runner
+from activities.url_policy import UrlDecision, UrlPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ class _Settings(Protocol):
     def state_dir(self) -> Path: ...
     @property
     def charts_dir(self) -> Path | None: ...
+    @property
+    def url_allowlist(self) -> tuple[str, ...]: ...
+    @property
+    def private_networks(self) -> tuple[str, ...]: ...
 
 
 def op_marker(operation_id: str) -> dict[str, str]:
@@ -142,6 +147,9 @@ class ReleaseActivities:
         charts: the cluster repositories (``activities.repos.ChartRepos``): a "repo/chart" reference
             is checked against the repository index, which is refreshed only when stale or missing
             the chart/version, and an OCI repository name is turned into its oci:// reference.
+        url_policy: decides which URLs of the input (``repo_url``, ``oci://`` chart references) helm
+            may fetch from. Default: a ``UrlPolicy`` over ``settings`` whose registered repositories
+            are those of ``charts.store`` (none without ``charts``).
     """
 
     def __init__(
@@ -152,9 +160,11 @@ class ReleaseActivities:
         *,
         heartbeat_every: float = 5.0,
         charts: _Charts | None = None,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
         self._settings = settings
         self._charts = charts
+        self._url_policy = url_policy or UrlPolicy(settings, getattr(charts, "store", None))
         self._heartbeat_every = heartbeat_every
         self._envs = envs
         self._runner = runner or Runner()
@@ -165,6 +175,16 @@ class ReleaseActivities:
 
     async def _env(self, cluster_uuid: str) -> dict[str, str]:
         return dict((await self._envs.get(cluster_uuid)).env)
+
+    async def _check_chart(self, chart: ChartRef) -> UrlDecision | None:
+        """Apply the URL policy to an ``oci://`` reference taken from the input (None: not a URL).
+
+        References built from a cluster's repositories (``_available``) are not taken from the input.
+        Raises ``UrlNotAllowed`` (non-retryable) before anything is fetched.
+        """
+        if chart.kind != "oci":
+            return None
+        return await self._url_policy.check(chart.chart, field="kdu_model")
 
     async def _available(self, cluster_uuid: str, chart: ChartRef) -> ChartRef:
         """Make a "repo/chart" reference installable on this worker (see ``charts`` above)."""
@@ -383,13 +403,20 @@ class ReleaseActivities:
         """Chart.yaml, values.yaml text and README of a chart (no release, no Kubernetes call).
 
         ``repo/chart`` resolves against the cluster's repositories (``cluster_uuid`` required);
-        with ``repo_url`` the chart is looked up in that repository directly.
+        with ``repo_url`` the chart is looked up in that repository directly. ``repo_url`` and an
+        ``oci://`` model pass the URL policy first (``UrlNotAllowed``, non-retryable, nothing run);
+        when they are not a registered repository, helm's error text is logged, not returned.
         """
-        env = await self._env(inp.cluster_uuid) if inp.cluster_uuid else self._scratch_env()
-        version = await self._version(env)
         chart = _inspect_chart(inp, self._settings.charts_dir)
         if chart.kind == "repo" and not inp.repo_url and not inp.cluster_uuid:
             raise InvalidInput("cluster_uuid: required to resolve a repo/chart reference (or give repo_url)")
+        if inp.repo_url:
+            source: UrlDecision | None = await self._url_policy.check(inp.repo_url, field="repo_url")
+        else:
+            source = await self._check_chart(chart)
+        field = "repo_url" if inp.repo_url else "kdu_model"
+        env = await self._env(inp.cluster_uuid) if inp.cluster_uuid else self._scratch_env()
+        version = await self._version(env)
         if not inp.repo_url and inp.cluster_uuid:
             chart = await self._available(inp.cluster_uuid, chart)
 
@@ -397,11 +424,29 @@ class ReleaseActivities:
             argv = helm_cli.build_show_argv(
                 self._settings.helm, version, what=what, chart=chart, repo_url=inp.repo_url
             )
-            res = await self._run_ok(argv, env, f"helm show {what} {chart.chart}")
+            context = f"helm show {what} {chart.chart}"
+            res = await self._run(argv, env)
+            if not res.ok:
+                err = classify_helm_stderr(res.stderr, res.returncode, context=context)
+                if source is None or source.registered:
+                    raise err
+                # helm's lines say what answered at that address: the operator reads them, the caller not.
+                activity.logger.warning(
+                    "%s from %s (%s) failed: %s", context, field, source.rule, err.message
+                )
+                raise type(err)(
+                    f"{context}: fetching the chart from {field} failed (the worker's log has the reason)",
+                    details=err.details,
+                )
             text = res.stdout.decode("utf-8", "replace")
             return _OCI_NOISE.sub("", text) if chart.kind == "oci" else text
 
-        chart_text, values, readme = await asyncio.gather(show("chart"), show("values"), show("readme"))
+        # Every helm process has ended before the activity returns (a failure of one leaves none running).
+        shown = await asyncio.gather(show("chart"), show("values"), show("readme"), return_exceptions=True)
+        for outcome in shown:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        chart_text, values, readme = (str(text) for text in shown)
         return InspectKduResult(
             kdu_model=inp.chart, chart=helm_cli.parse_show_chart(chart_text), values=values, readme=readme
         )
@@ -448,6 +493,7 @@ class ReleaseActivities:
         """
         ref = inp.ref
         chart = helm_cli.parse_kdu_model(inp.chart, inp.version, self._settings.charts_dir)
+        await self._check_chart(chart)
         values = helm_cli.build_values_stdin(inp.values)
         secrets = helm_cli.secret_strings(inp.values)
         env = await self._env(ref.cluster_uuid)
@@ -508,13 +554,16 @@ class ReleaseActivities:
         ref = inp.ref
         values = helm_cli.build_values_stdin(inp.values, inp.set_values)
         secrets = helm_cli.secret_strings(inp.values) + helm_cli.secret_strings(inp.set_values)
+        requested = (
+            helm_cli.parse_kdu_model(inp.chart, inp.version, self._settings.charts_dir) if inp.chart else None
+        )
+        if requested is not None:
+            await self._check_chart(requested)
         env = await self._env(ref.cluster_uuid)
         version = await self._version(env)
         chart = await self._available(
             ref.cluster_uuid,
-            helm_cli.parse_kdu_model(inp.chart, inp.version, self._settings.charts_dir)
-            if inp.chart
-            else await self._current_chart(env, version, ref, inp.version),
+            requested if requested is not None else await self._current_chart(env, version, ref, inp.version),
         )
         argv = helm_cli.build_upgrade_argv(
             self._settings.helm,

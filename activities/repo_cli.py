@@ -76,10 +76,44 @@ def validate_repo_name(name: str) -> str:
     return name
 
 
+def _authority(url: str) -> str:
+    """The ``[userinfo@]host[:port]`` part of ``url`` (a scheme-less URL is read as ``host/path``)."""
+    rest = url.partition("://")[2] if "://" in url else url
+    for end in "/?#":
+        rest = rest.partition(end)[0]
+    return rest
+
+
+def url_has_userinfo(url: str) -> bool:
+    """True when ``url`` carries ``user[:password]@`` before its host (scheme-less URLs included)."""
+    return "@" in _authority(url)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user[:password]@`` replaced by ``***@`` (for logs, results and messages)."""
+    authority = _authority(url)
+    if "@" not in authority:
+        return url
+    host = authority.rpartition("@")[2]
+    scheme, sep, _ = url.partition("://")
+    prefix = f"{scheme}{sep}" if sep else ""
+    return f"{prefix}***@{host}{url[len(prefix) + len(authority) :]}"
+
+
 def validate_repo_url(url: str, *, oci: bool = False) -> str:
-    """Return ``url`` if it is an http(s) URL (or oci:// / a registry host when ``oci``), else raise."""
+    """Return ``url`` if it is an http(s) URL (or oci:// / a registry host when ``oci``), else raise.
+
+    A URL carrying credentials (``https://user:password@host``) is refused: credentials reach helm
+    on stdin (``--password-stdin``), never on an argv. Messages show the URL with its userinfo redacted.
+    """
     if not isinstance(url, str) or not url or any(c.isspace() for c in url):
-        raise RepoCliError(f"repository URL {url!r} is empty or contains whitespace")
+        shown = redact_url(url) if isinstance(url, str) else url
+        raise RepoCliError(f"repository URL {shown!r} is empty or contains whitespace")
+    if url_has_userinfo(url):
+        raise RepoCliError(
+            f"repository URL {redact_url(url)!r} carries credentials; give them as the repository's "
+            "user and password instead"
+        )
     parts = urlsplit(url if "://" in url else f"oci://{url}" if oci else url)
     allowed = {"http", "https", "oci"} if oci else {"http", "https"}
     if parts.scheme not in allowed or not parts.netloc:

@@ -16,6 +16,12 @@ registry credentials of a cluster from those documents (files 0600) whenever wha
 differs from what it last wrote (:meth:`ChartRepos.sync_env`), and refreshes a repository index only
 when it is older than ``index_ttl`` or lacks the requested chart/version
 (:meth:`ChartRepos.ensure_chart_available`). Passwords reach helm through stdin only.
+
+A repository URL carrying credentials (``https://user:password@host``) is refused (``UrlNotAllowed``,
+non-retryable) by every activity that would use it, before anything runs: on helm's argv the password
+would be readable by every local user (``ps``), and it would travel into logs, activity results and
+the store. Such a repository is left out of the cluster's helm configuration; the credentials belong
+in the document's ``user`` and ``password`` fields.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from activities.errors import (
     KduflowError,
     RepoNotFound,
     UnsupportedHelm,
+    UrlNotAllowed,
     classify_helm_stderr,
     to_application_error,
 )
@@ -107,8 +114,9 @@ class Repo:
 
     def info(self) -> RepoInfo:
         return RepoInfo(
-            id=self.id, name=self.name, url=self.url, oci=self.oci, fingerprint=self.fingerprint()
-        )
+            id=self.id, name=self.name, url=repo_cli.redact_url(self.url), oci=self.oci,
+            fingerprint=self.fingerprint(),
+        )  # fmt: skip
 
 
 @dataclass
@@ -132,6 +140,22 @@ def _fail(err: KduflowError) -> ApplicationError:
 
 def _invalid(message: str) -> ApplicationError:
     return _fail(InvalidInput(message))
+
+
+def _credentials_in_url(repo_id: str, url: str) -> ApplicationError:
+    """The refusal of a repository whose URL carries credentials (logged with the URL redacted)."""
+    log.warning("repository %s: URL %s carries credentials; refused", repo_id, repo_cli.redact_url(url))
+    if repo_id == STABLE_REPO_KEY:
+        message = (
+            "KDUFLOW_STABLE_REPO_URL carries credentials (user:password@); kduflow never puts credentials "
+            "in a repository URL: register the repository in k8srepos with its user and password instead"
+        )
+    else:
+        message = (
+            f"k8srepos {repo_id}: the repository URL carries credentials (user:password@); put them in "
+            "the repository's user and password fields, which reach helm on stdin"
+        )
+    return _fail(UrlNotAllowed(message))
 
 
 def validate_repo_id(repo_id: Any, field_name: str = "repo_id") -> str:
@@ -202,12 +226,15 @@ class ChartRepos:
 
         Raises:
             ApplicationError: ``InvalidInput`` (document without a usable name/url),
-                ``CredentialsInvalid`` (encrypted password that cannot be decrypted); non-retryable.
+                ``UrlNotAllowed`` (the URL carries credentials), ``CredentialsInvalid`` (encrypted
+                password that cannot be decrypted); non-retryable.
         """
         doc = await self.store.find_one(REPOS_COLLECTION, {"_id": repo_id})
         if doc is None:
             return None
         name, url = str(doc.get("name") or ""), str(doc.get("url") or "")
+        if repo_cli.url_has_userinfo(url):
+            raise _credentials_in_url(repo_id, url)
         oci = doc.get("oci") is True or str(doc.get("oci", "")).lower() == "true" or url.startswith("oci://")
         try:
             repo_cli.validate_repo_name(name)
@@ -255,12 +282,24 @@ class ChartRepos:
         recorded: dict[str, str] = {}
         for key in list(dict.fromkeys([*details, *added])):
             detail = details.get(key) or {}
+            if repo_cli.url_has_userinfo(str(detail.get("url") or "")):
+                # Recorded before URLs with credentials were refused: never hand it to helm again.
+                log.warning(
+                    "cluster %s: configured repository %s has credentials in its URL; left out",
+                    cluster_uuid, key,
+                )  # fmt: skip
+                continue
             if key == STABLE_REPO_KEY:
                 if detail.get("url"):
                     configured[key] = Repo(id=key, name=STABLE_REPO_NAME, url=str(detail["url"]))
                     recorded[key] = str(detail.get("fingerprint", ""))
                 continue
-            current = await self.load_repo(key) if _REPO_ID.match(key) else None
+            try:
+                current = await self.load_repo(key) if _REPO_ID.match(key) else None
+            except ApplicationError as err:
+                if err.type != "UrlNotAllowed":
+                    raise
+                continue  # logged by load_repo; the repository is refused until its document is fixed
             name = str(detail.get("name") or added.get(key) or (current.name if current else ""))
             url = str(detail.get("url") or (current.url if current else ""))
             if not name or not url:
@@ -597,6 +636,8 @@ class RepoActivities:
         await self.store.update_one(CLUSTERS_COLLECTION, {"_id": cluster_uuid}, {"$unset": unset})
 
     async def _add(self, env: ClusterEnv, repos: ClusterRepos, repo: Repo) -> RepoAddResult:
+        if repo_cli.url_has_userinfo(repo.url):
+            raise _credentials_in_url(repo.id, repo.url)
         clash = repos.by_name(repo.name)
         if clash is not None and clash.id != repo.id:
             raise _invalid(
@@ -642,10 +683,9 @@ class RepoActivities:
             changed = not repo_cli.add_was_skipped(_text(result.stdout))
         await self._record_added(env.cluster_uuid, repo)
         await self.charts.sync_env(env, keep_cache=[repo.name])
-        log.info(
-            "cluster %s: repository %s (%s) configured as %r", env.cluster_uuid, repo.id, repo.url, repo.name
-        )
-        return RepoAddResult(repo_id=repo.id, name=repo.name, url=repo.url, oci=repo.oci, changed=changed)
+        url = repo_cli.redact_url(repo.url)  # has no credentials (refused above); redacted regardless
+        log.info("cluster %s: repository %s (%s) configured as %r", env.cluster_uuid, repo.id, url, repo.name)
+        return RepoAddResult(repo_id=repo.id, name=repo.name, url=url, oci=repo.oci, changed=changed)
 
     async def _login(self, env: ClusterEnv, repo: Repo, dialect: str) -> None:
         ca_file = None
@@ -681,7 +721,14 @@ class RepoActivities:
         validate_repo_id(ref.repo_id)
         env = await self._env(ref.cluster_uuid)
         repos = await self.charts.sync_env(env)
-        repo = await self.charts.load_repo(ref.repo_id)
+        try:
+            repo = await self.charts.load_repo(ref.repo_id)
+        except ApplicationError as err:
+            if err.type == "UrlNotAllowed":
+                # Not configured (cluster_repos leaves it out): forget any record of it, which would
+                # otherwise keep an older URL in the cluster document.
+                await self._record_removed(ref.cluster_uuid, ref.repo_id)
+            raise
         if repo is None:
             raise _fail(RepoNotFound(f"repository {ref.repo_id} not found in {REPOS_COLLECTION}"))
         return await self._add(env, repos, repo)
@@ -702,7 +749,9 @@ class RepoActivities:
                 f"repository {ref.repo_id} is not an OCI registry with a user; nothing to log in to"
             )
         await self._login(env, repo, await self.charts.dialect(env))
-        return RepoAddResult(repo_id=repo.id, name=repo.name, url=repo.url, oci=True, changed=True)
+        return RepoAddResult(
+            repo_id=repo.id, name=repo.name, url=repo_cli.redact_url(repo.url), oci=True, changed=True
+        )
 
     @activity.defn(name=CLUSTER_ACTIVITY_NAMES["repo_remove"])
     async def remove(self, ref: RepoRef) -> RepoRemoveResult:
@@ -773,7 +822,7 @@ class RepoActivities:
                 RepoInfo(
                     id=entry.id if entry else "",
                     name=item.name,
-                    url=item.url,
+                    url=repo_cli.redact_url(item.url),
                     fingerprint=entry.fingerprint() if entry else "",
                 )
             )
@@ -787,7 +836,16 @@ class RepoActivities:
         repos = await self.charts.cluster_repos(ref.cluster_uuid)
         desired, unknown = [], []
         for repo_id in repos.desired_ids:
-            repo = await self.charts.load_repo(repo_id) if _REPO_ID.match(repo_id) else None
+            try:
+                repo = await self.charts.load_repo(repo_id) if _REPO_ID.match(repo_id) else None
+            except ApplicationError as err:
+                if err.type != "UrlNotAllowed":
+                    raise
+                # Listed (URL redacted) so that SyncRepos tries to add it and reports the refusal.
+                doc = await self.store.find_one(REPOS_COLLECTION, {"_id": repo_id}) or {}
+                url = repo_cli.redact_url(str(doc.get("url") or ""))
+                desired.append(RepoInfo(id=repo_id, name=str(doc.get("name") or ""), url=url))
+                continue
             if repo is None:
                 unknown.append(repo_id)
             else:

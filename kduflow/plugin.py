@@ -30,6 +30,7 @@ from activities.repos import RepoActivities
 from activities.secretbox import SecretBox
 from activities.status import StatusActivities
 from activities.store import Store
+from activities.url_policy import UrlPolicy
 from kduflow.codec import InputPayloadConverter, data_converter, encrypts
 from kduflow.config import Settings
 from workflows import KDU_WORKFLOWS
@@ -81,7 +82,10 @@ class KduflowPlugin(SimplePlugin):
         self.repos = RepoActivities(self.settings, None, self.store)
         self.envs = ClusterEnvs(self.settings, self.store, secretbox, on_materialise=self.repos.materialise)
         self.repos.envs = self.envs
-        self.release = ReleaseActivities(self.settings, self.envs, charts=self.repos.charts)
+        self.url_policy = UrlPolicy(self.settings, self.store)
+        self.release = ReleaseActivities(
+            self.settings, self.envs, charts=self.repos.charts, url_policy=self.url_policy
+        )
         self.status = StatusActivities(self.settings, self.envs, self.store)
         self.clusters = ClusterActivities(self.settings, self.envs, self.store)
         super().__init__(

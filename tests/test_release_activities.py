@@ -457,3 +457,74 @@ async def test_unsupported_helm_is_non_retryable(tmp_path: Path) -> None:
     acts, _ = fake_acts({"version": [(0, "v4.1.4", "")]}, tmp_path)
     err = await app_error(ActivityEnvironment().run(acts.history, ReleaseRef("c", "demo", "ns")))
     assert (err.type, err.non_retryable) == ("UnsupportedHelm", True)
+
+
+# ------------------------------------------------------------------------------ URL policy (fake runner)
+
+
+REF = ReleaseRef("c", "demo", "ns")
+
+
+@pytest.mark.parametrize(
+    ("activity", "inp", "field"),
+    [
+        pytest.param(
+            "install",
+            HelmInstallInput(REF, chart="oci://169.254.169.254/latest/app"),
+            "kdu_model",
+            id="install oci metadata",
+        ),
+        pytest.param(
+            "install",
+            HelmInstallInput(REF, chart="oci://10.0.0.1:5000/charts/app:1.0"),
+            "kdu_model",
+            id="install oci private",
+        ),
+        pytest.param(
+            "upgrade",
+            HelmUpgradeInput(REF, chart="oci://192.168.1.10/charts/app"),
+            "kdu_model",
+            id="upgrade oci private",
+        ),
+        pytest.param(
+            "inspect",
+            InspectInput("", "app", repo_url="http://169.254.169.254/latest/meta-data"),
+            "repo_url",
+            id="inspect repo_url metadata",
+        ),
+        pytest.param(
+            "inspect",
+            InspectInput("", "oci://172.16.0.1/charts/app"),
+            "kdu_model",
+            id="inspect oci private",
+        ),
+        pytest.param(
+            "inspect",
+            InspectInput("", "app", repo_url="https://user:pw-Secret@charts.example.com/"),
+            "repo_url",
+            id="inspect repo_url with credentials",
+        ),
+    ],
+)
+async def test_urls_outside_the_policy_are_refused_before_helm_runs(
+    tmp_path: Path, activity: str, inp: Any, field: str
+) -> None:
+    acts, runner = fake_acts({}, tmp_path)
+    err = await app_error(ActivityEnvironment().run(getattr(acts, activity), inp))
+    assert (err.type, err.non_retryable) == ("UrlNotAllowed", True)
+    assert err.message == (
+        f"{field}: the URL is neither a registered repository nor allowed by the operator's URL policy"
+    )
+    assert runner.calls == []
+
+
+async def test_cluster_repository_references_are_not_subject_to_the_allowlist(tmp_path: Path) -> None:
+    """ "repo/chart" resolves against the cluster's repositories: no URL of the input, no check."""
+    release = {"name": "demo", "namespace": "ns", "version": 1, "info": {"status": "deployed"}}
+    acts, runner = fake_acts(
+        {"history": [(1, "", "Error: release: not found")], "install": [(0, json.dumps(release), "")]},
+        tmp_path,
+    )
+    inp = HelmInstallInput(ReleaseRef("c", "demo", "ns"), chart="emu/webapp")
+    assert (await ActivityEnvironment().run(acts.install, inp)).revision == 1
+    assert "install" in runner.verbs()

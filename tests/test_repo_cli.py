@@ -242,3 +242,37 @@ def test_message_recognisers() -> None:
     assert repo_cli.is_update_unknown_repo(
         "Error: no repositories found matching 'nope'.  Nothing will be updated\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "has", "redacted"),
+    [
+        ("https://alice:pw@charts.example.com/x", True, "https://***@charts.example.com/x"),
+        ("https://alice@charts.example.com", True, "https://***@charts.example.com"),
+        ("oci://bob:pw@reg.example.com:5000/charts", True, "oci://***@reg.example.com:5000/charts"),
+        ("bob:pw@reg.example.com:5000/charts", True, "***@reg.example.com:5000/charts"),
+        ("https://a:b@c@charts.example.com/x", True, "https://***@charts.example.com/x"),
+        ("https://charts.example.com/x@y", False, "https://charts.example.com/x@y"),
+        ("https://charts.example.com/x?u=a@b", False, "https://charts.example.com/x?u=a@b"),
+        ("reg.example.com/charts", False, "reg.example.com/charts"),
+    ],
+)
+def test_userinfo_detection_and_redaction(url: str, has: bool, redacted: str) -> None:
+    assert repo_cli.url_has_userinfo(url) is has
+    assert repo_cli.redact_url(url) == redacted
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: repo_cli.validate_repo_url("https://alice:Secret-123@charts.example.com/x"),
+        lambda: repo_cli.validate_repo_url("oci://alice:Secret-123@reg.example.com/x", oci=True),
+        lambda: repo_cli.validate_repo_url("alice:Secret-123@reg.example.com/x", oci=True),
+        lambda: repo_cli.build_repo_add_argv(H, HELM4, "priv", "https://alice:Secret-123@charts.example.com"),
+    ],
+)
+def test_credentials_in_a_repository_url_never_reach_an_argv(call) -> None:
+    with pytest.raises(RepoCliError) as err:
+        call()
+    assert "Secret-123" not in str(err.value) and "***@" in str(err.value)
+    assert "user and password" in str(err.value)

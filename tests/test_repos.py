@@ -370,3 +370,88 @@ async def test_record_sync_and_desired(tools: HelmTools, store: Store, tmp_path:
     with pytest.raises(ApplicationError) as err:
         await w.repos.record_sync(RecordSyncInput("no-such-cluster", result))
     assert err.value.type == "ClusterNotFound"
+
+
+# ------------------------------------------------------------------------------ credentials in URLs
+
+
+def with_userinfo(url: str, user: str, password: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest}"
+
+
+async def test_repository_url_with_credentials_is_refused_everywhere(
+    tools: HelmTools, store: Store, tmp_path: Path, auth_repo: ChartRepoServer, caplog
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret_url = with_userinfo(auth_repo.url, "alice", PASSWORD)
+    await add_repo_doc(store, "r-cred", "cred", secret_url, ca_cert=auth_repo.ca_pem)
+    await add_repo_doc(
+        store, "r-oci", "ocireg", with_userinfo("oci://127.0.0.1:5000/charts", "bob", PASSWORD), oci=True
+    )
+    # As an older worker recorded it: the credentialed URL in the cluster document.
+    legacy = {"name": "cred", "url": secret_url, "oci": False, "fingerprint": ""}
+    await store.update_one(
+        "k8sclusters",
+        {"_id": CLUSTER},
+        {
+            "$set": {
+                "_admin.helm_chart_repos": ["r-cred"],
+                "_admin.kduflow_repos": {"r-cred": legacy},
+                "_admin.helm_charts_added": {"r-cred": "cred"},
+            }
+        },
+    )
+    requests_before = len(auth_repo.request_log)
+    w = make_worker(tools, store, tmp_path / "w1")
+
+    desired = await w.repos.desired(ClusterRef(CLUSTER))
+    assert [(r.id, r.name, r.url) for r in desired.desired] == [
+        ("r-cred", "cred", auth_repo.url.replace("://", "://***@"))
+    ]
+    assert desired.configured == []  # the legacy record is never handed to helm
+
+    for call in (w.repos.add, w.repos.registry_login):
+        for repo_id in ("r-cred", "r-oci"):
+            if call == w.repos.registry_login and repo_id == "r-cred":
+                continue
+            with pytest.raises(ApplicationError) as err:
+                await call(RepoRef(CLUSTER, repo_id))
+            assert (err.value.type, err.value.non_retryable) == ("UrlNotAllowed", True)
+            assert "user and password fields" in err.value.message
+            assert PASSWORD not in str(err.value)
+
+    listed = await w.repos.list_repos(ClusterRef(CLUSTER))
+    assert "cred" not in {r.name for r in listed.repos}
+    assert "cred" not in helm_repo_names(w)
+    # Nothing reached an argv, stdin, the store, the log or the repository.
+    assert not any(
+        PASSWORD in " ".join(argv) or PASSWORD.encode() in (stdin or b"") for argv, stdin in w.runner.calls
+    )
+    assert not any(argv[1:3] in (["repo", "add"], ["registry", "login"]) for argv, _ in w.runner.calls)
+    doc = await store.find_one("k8sclusters", {"_id": CLUSTER})
+    assert PASSWORD not in repr(doc)
+    assert "r-cred" not in (doc["_admin"].get("kduflow_repos") or {})
+    assert PASSWORD not in caplog.text and "***@127.0.0.1" in caplog.text
+    assert len(auth_repo.request_log) == requests_before
+
+
+async def test_stable_repository_url_with_credentials_is_refused(
+    tools: HelmTools, store: Store, tmp_path: Path
+) -> None:
+    settings = Settings(
+        helm=str(tools.helm),
+        kubectl=str(tools.kubectl),
+        state_dir=tmp_path / "w1",
+        stable_repo_url=f"http://stable:{PASSWORD}@127.0.0.1:{free_port()}/charts",
+    )
+    runner = RecordingRunner()
+    repos = RepoActivities(settings, None, store, runner)
+    repos.envs = ClusterEnvs(settings, store, None, on_materialise=repos.materialise)
+    with pytest.raises(ApplicationError) as err:
+        await repos.add_stable(ClusterRef(CLUSTER))
+    assert (err.value.type, err.value.non_retryable) == ("UrlNotAllowed", True)
+    assert PASSWORD not in str(err.value) and "KDUFLOW_STABLE_REPO_URL" in err.value.message
+    assert not any(argv[1:3] == ["repo", "add"] for argv, _ in runner.calls)
+    doc = await store.find_one("k8sclusters", {"_id": CLUSTER})
+    assert PASSWORD not in repr(doc)
