@@ -445,6 +445,18 @@ class StatusInput:
 
 
 @dataclass
+class PreflightInput:
+    """What a workflow asks the worker's policy before it runs anything (see ``kdu.preflight``)."""
+
+    #: Where status will be written: checked against the worker's collection allowlist.
+    db_dict: DbDict | None = None
+    #: A chart reference from the input (``kdu_model`` form): local charts must exist under the
+    #: worker's charts directory, ``oci://`` references must pass the URL policy.
+    chart: str = ""
+    version: str = ""
+
+
+@dataclass
 class PollStatusInput:
     """Heartbeating poller: observe and write on change every ``interval`` seconds until cancelled."""
 
@@ -468,5 +480,5 @@ ACTIVITY_NAMES = {
     # status activities (activities/status.py)
     "status": "kdu.status",  # StatusInput -> KduStatusResult
     "poll_status": "kdu.poll_status",  # PollStatusInput -> None (runs until cancelled)
-    "check_status_target": "kdu.check_status_target",  # DbDict -> None (local activity)
+    "preflight": "kdu.preflight",  # PreflightInput -> None (local activity, before anything runs)
 }

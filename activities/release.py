@@ -63,6 +63,7 @@ from activities.models import (
     KduServicesResult,
     ListReleasesInput,
     ListReleasesResult,
+    PreflightInput,
     ReleaseInfo,
     ReleaseRef,
     ReleaseStatus,
@@ -72,6 +73,7 @@ from activities.models import (
 )
 from activities.runner import ProcessResult, Runner
 from activities.url_policy import UrlDecision, UrlPolicy
+from workflows import validation
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ class _Settings(Protocol):
     def url_allowlist(self) -> tuple[str, ...]: ...
     @property
     def private_networks(self) -> tuple[str, ...]: ...
+    @property
+    def status_collections(self) -> tuple[str, ...]: ...
 
 
 def op_marker(operation_id: str) -> dict[str, str]:
@@ -396,6 +400,24 @@ class ReleaseActivities:
         )
         res = await self._run_ok(argv, env, f"helm get values {inp.ref.kdu_instance}")
         return ValuesResult(values=helm_cli.parse_get_values(res.stdout))
+
+    @activity.defn(name=ACTIVITY_NAMES["preflight"])
+    @_boundary
+    async def preflight(self, inp: PreflightInput) -> None:
+        """The worker's policy on a workflow's input, asked before the workflow runs anything.
+
+        Run as a local activity by the mutating workflows: the status collection must be one the
+        worker writes to (``KDUFLOW_STATUS_COLLECTIONS``), a local chart must exist under the charts
+        directory, an ``oci://`` chart must pass the URL policy. No process is started and nothing
+        is fetched. Raises non-retryable ``InvalidInput`` (naming the field) or ``UrlNotAllowed``.
+        """
+        if inp.db_dict is not None:
+            db = validation.validate_db_dict(inp.db_dict)
+            if db is not None:
+                validation.check_status_collection(db, tuple(self._settings.status_collections))
+        if inp.chart:
+            chart = helm_cli.parse_kdu_model(inp.chart, inp.version, self._settings.charts_dir)
+            await self._check_chart(chart)
 
     @activity.defn(name=ACTIVITY_NAMES["inspect"])
     @_boundary

@@ -831,8 +831,15 @@ class RepoActivities:
 
     @activity.defn(name=CLUSTER_ACTIVITY_NAMES["repo_desired"])
     async def desired(self, ref: ClusterRef) -> DesiredReposResult:
-        """Desired (``_admin.helm_chart_repos``) and configured repositories, secrets stripped."""
+        """Desired (``_admin.helm_chart_repos``) and configured repositories, secrets stripped.
+
+        Raises ``ClusterNotFound``/``CredentialsInvalid`` (non-retryable) for a cluster that is not
+        registered or whose kubeconfig the worker refuses: SyncRepos then fails as a whole instead
+        of reporting the same refusal once per repository.
+        """
         validate_cluster_uuid(ref.cluster_uuid)
+        if self.envs is not None:
+            await self.envs.get(ref.cluster_uuid)
         repos = await self.charts.cluster_repos(ref.cluster_uuid)
         desired, unknown = [], []
         for repo_id in repos.desired_ids:

@@ -137,12 +137,8 @@ def validate_db_dict(
     checked = validation.validate_db_dict(db, field)
     if checked is None:
         raise _invalid(field, "must be an object")
-    if allowed_collections is not None and checked.collection not in allowed_collections:
-        raise validation.InvalidInputError(
-            f"{field}.collection",
-            f"{checked.collection!r} is not a collection this worker writes status to "
-            f"(KDUFLOW_STATUS_COLLECTIONS: {', '.join(allowed_collections)})",
-        )
+    if allowed_collections is not None:
+        validation.check_status_collection(checked, allowed_collections, field)
     return checked
 
 
@@ -553,15 +549,6 @@ class StatusActivities:
                 db.collection, ", ".join(sorted(db.filter)),
             )
         return bool(matched)
-
-    @activity.defn(name=ACTIVITY_NAMES["check_status_target"])
-    async def check_status_target(self, db: DbDict) -> None:
-        """Refuse (non-retryable ``InvalidInput``) a ``db_dict`` outside the status-write policy.
-
-        Run by the workflows as a local activity before helm: the collection allowlist is the
-        worker's configuration, which workflow code cannot read.
-        """
-        validate_db_dict(db, self.settings.status_collections)
 
     # -- activities --------------------------------------------------------------------------
 

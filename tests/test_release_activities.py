@@ -21,6 +21,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import helm_cli
 from activities.models import (
+    DbDict,
     GetValuesInput,
     HelmInstallInput,
     HelmRollbackInput,
@@ -28,6 +29,7 @@ from activities.models import (
     HelmUpgradeInput,
     InspectInput,
     ListReleasesInput,
+    PreflightInput,
     ReleaseRef,
     RevisionInfo,
 )
@@ -528,3 +530,54 @@ async def test_cluster_repository_references_are_not_subject_to_the_allowlist(tm
     inp = HelmInstallInput(ReleaseRef("c", "demo", "ns"), chart="emu/webapp")
     assert (await ActivityEnvironment().run(acts.install, inp)).revision == 1
     assert "install" in runner.verbs()
+
+
+@pytest.mark.parametrize(
+    ("inp", "etype", "field"),
+    [
+        pytest.param(PreflightInput(chart="oci://169.254.169.254/x/app"), "UrlNotAllowed", "kdu_model",
+                     id="oci metadata address"),
+        pytest.param(PreflightInput(chart="oci://127.0.0.1:5000/charts/app:1.0"), "UrlNotAllowed",
+                     "kdu_model", id="oci loopback"),
+        pytest.param(PreflightInput(chart="tests"), "InvalidInput", "kdu_model",
+                     id="local name without charts dir"),
+        pytest.param(PreflightInput(chart="--post-renderer=/bin/sh"), "InvalidInput", "kdu_model",
+                     id="flag as chart"),
+        pytest.param(PreflightInput(db_dict=DbDict("k8sclusters", {"_id": "c"}, "a")), "InvalidInput",
+                     "db_dict.collection", id="credentials collection"),
+        pytest.param(PreflightInput(db_dict=DbDict("nsrs", {"x": None}, "a")), "InvalidInput",
+                     "db_dict.filter", id="null filter"),
+    ],
+)  # fmt: skip
+async def test_preflight_refuses_before_anything_runs(
+    tmp_path: Path, inp: PreflightInput, etype: str, field: str
+) -> None:
+    acts, runner = fake_acts({}, tmp_path)
+    err = await app_error(ActivityEnvironment().run(acts.preflight, inp))
+    assert (err.type, err.non_retryable) == (etype, True)
+    assert field in err.message
+    assert runner.calls == []
+
+
+async def test_preflight_accepts_what_the_policy_allows(tmp_path: Path) -> None:
+    charts = tmp_path / "charts"
+    (charts / "webapp").mkdir(parents=True)
+    (charts / "webapp" / "Chart.yaml").write_text("apiVersion: v2\nname: webapp\nversion: 0.1.0\n")
+    settings = Settings(helm="helm", kubectl="kubectl", state_dir=tmp_path, charts_dir=charts,
+                        url_allowlist=("oci://registry.example.com/charts",),
+                        status_collections=("nsrs", "vnfrs"))  # fmt: skip
+    runner = FakeRunner({})
+    acts = ReleaseActivities(settings, Envs({"KUBECONFIG": "/k"}), runner)
+
+    async def public(host: str, port: Any, **kw: Any) -> list[Any]:
+        return [(2, 1, 6, "", ("93.184.215.14", 443))]
+
+    acts._url_policy._getaddrinfo = public  # the allowlisted name resolves to a public address
+    for inp in (
+        PreflightInput(db_dict=DbDict("vnfrs", {"_id": "v"}, "_admin.deployed.K8s.0")),
+        PreflightInput(chart="webapp"),
+        PreflightInput(chart="stable/nginx", version="1.0.0"),
+        PreflightInput(chart="oci://registry.example.com/charts/app:1.2.3"),
+    ):
+        assert await ActivityEnvironment().run(acts.preflight, inp) is None
+    assert runner.calls == []

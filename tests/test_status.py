@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -417,14 +418,9 @@ async def test_status_missing_document_log_names_no_filter_value(
 async def test_status_writes_only_to_allowed_collections(h: Harness, collection: str) -> None:
     """Any workflow can call these activities: the target is checked here too, before any write."""
     await h.store.insert_one(collection, {"_id": "victim", "credentials": "keep"})
-    db = DbDict(collection, {"_id": "victim"}, "credentials")
-    for run in (
-        lambda: ActivityEnvironment().run(h.acts.status, StatusInput(h.ref, db, operation="install")),
-        lambda: ActivityEnvironment().run(h.acts.check_status_target, db),
-        lambda: ActivityEnvironment().run(h.acts.check_status_target, DbDict(collection, {"_id": "v"}, "a")),
-    ):
+    for db in (DbDict(collection, {"_id": "victim"}, "credentials"), DbDict(collection, {"_id": "v"}, "a")):
         with pytest.raises(ApplicationError) as info:
-            await run()
+            await ActivityEnvironment().run(h.acts.status, StatusInput(h.ref, db, operation="install"))
         assert info.value.type == "InvalidInput" and info.value.non_retryable
         assert "db_dict." in str(info.value)
     assert await h.store.find_one(collection, {"_id": "victim"}) == {"_id": "victim", "credentials": "keep"}
@@ -433,15 +429,19 @@ async def test_status_writes_only_to_allowed_collections(h: Harness, collection:
 
 async def test_status_collections_setting_takes_effect(h: Harness, tmp_path: Path) -> None:
     """KDUFLOW_STATUS_COLLECTIONS: an operator-listed collection is written, nsrs then is not."""
-    settings = Settings.from_env(
-        {"KDUFLOW_STATUS_COLLECTIONS": "vnfrs"}, state_dir=tmp_path / "other", helm="/bin/true",
-        kubectl="/bin/true",
-    )
+    h.fake.add(record(), sa(), svc(), deploy(ready=2))
+    await h.store.insert_one("vnfrs", {"_id": "v1"})
+    settings = dataclasses.replace(h.acts.settings, status_collections=("vnfrs",))
     acts = StatusActivities(settings, h.acts.envs, h.store)
     try:
-        await ActivityEnvironment().run(acts.check_status_target, DbDict("vnfrs", {"_id": "v1"}, PATH))
+        await ActivityEnvironment().run(
+            acts.status, StatusInput(h.ref, DbDict("vnfrs", {"_id": "v1"}, PATH), operation="install")
+        )
+        assert (await h.store.find_one("vnfrs", {"_id": "v1"}) or {}).get("_admin")
         with pytest.raises(ApplicationError, match="KDUFLOW_STATUS_COLLECTIONS"):
-            await ActivityEnvironment().run(acts.check_status_target, DbDict("nsrs", {"_id": "ns-1"}, PATH))
+            await ActivityEnvironment().run(
+                acts.status, StatusInput(h.ref, DbDict("nsrs", {"_id": "ns-1"}, PATH), operation="install")
+            )
     finally:
         await acts.close()
 

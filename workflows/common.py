@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         DbDict,
         ListReleasesInput,
         ListReleasesResult,
+        PreflightInput,
         ReleaseRef,
         ReleaseSummary,
     )
@@ -217,28 +218,29 @@ async def release_lock(ref: ReleaseRef) -> AsyncIterator[None]:
     yield
 
 
-#: ``workflow.patched`` id of the status-target check: histories recorded before it replay without it.
-PATCH_STATUS_TARGET = "check-status-target-v1"
-#: The check reads only the worker's settings: it answers in milliseconds or not at all.
-CHECK_TIMEOUT = timedelta(seconds=10)
+#: ``workflow.patched`` id of the preflight: histories recorded before it replay without it.
+PATCH_PREFLIGHT = "preflight-v1"
+#: The preflight reads the worker's settings, the store and DNS: seconds at most.
+PREFLIGHT_TIMEOUT = timedelta(seconds=30)
 
 
-async def check_status_target(db_dict: DbDict | None) -> None:
-    """Refuse a ``db_dict`` outside the operator's policy before anything runs.
+async def preflight(db_dict: DbDict | None, chart: str = "", version: str = "") -> None:
+    """Ask the worker's policy about the input before anything runs (``kdu.preflight``).
 
-    Which collections status may be written to is the *worker's* configuration
-    (``KDUFLOW_STATUS_COLLECTIONS``), which workflow code cannot read deterministically, so a local
-    activity answers (recorded in history, so replays do not ask again). The status activities check
-    again before every write; this early check makes a refused ``db_dict`` fail the workflow before
-    helm runs instead of after. Raises the activity's non-retryable ``InvalidInput``.
+    Which collections status may be written to, which charts exist under the charts directory and
+    which URLs the worker may fetch are the *worker's* configuration and state, which workflow code
+    cannot read deterministically, so a local activity answers (recorded in history: replays do not
+    ask again). The activities check again where they act; asking first makes a refused input fail
+    the workflow before any helm process runs (name generation and the release observation run
+    helm). Raises the activity's non-retryable error (``InvalidInput``, ``UrlNotAllowed``, ...).
     """
-    if db_dict is None or not workflow.patched(PATCH_STATUS_TARGET):
+    if (db_dict is None and not chart) or not workflow.patched(PATCH_PREFLIGHT):
         return
     try:
         await workflow.execute_local_activity(
-            ACTIVITY_NAMES["check_status_target"],
-            db_dict,
-            start_to_close_timeout=CHECK_TIMEOUT,
+            ACTIVITY_NAMES["preflight"],
+            PreflightInput(db_dict=db_dict, chart=chart, version=version),
+            start_to_close_timeout=PREFLIGHT_TIMEOUT,
             retry_policy=_STATUS_RETRY,
         )
     except ActivityError as err:

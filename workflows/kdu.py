@@ -456,7 +456,7 @@ class InstallKdu:
         inp = decode_input(InstallKduInput, raw, extra)
         chart = validation.validate_install(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
-        await common.check_status_target(db_dict)
+        await common.preflight(db_dict, inp.kdu_model, inp.version)
         namespace = inp.namespace or common.DEFAULT_NAMESPACE
         # The name is fixed before the lock and the install: a retried install activity must target
         # the same release, and a replay regenerates the same name from workflow.random().
@@ -517,7 +517,7 @@ class UpgradeKdu:
         inp = decode_input(UpgradeKduInput, raw, extra)
         chart = validation.validate_upgrade(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
-        await common.check_status_target(db_dict)
+        await common.preflight(db_dict, inp.kdu_model, inp.version)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
         helm_input = HelmUpgradeInput(
@@ -555,7 +555,7 @@ class RollbackKdu:
         inp = decode_input(RollbackKduInput, raw, extra)
         validation.validate_rollback(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
-        await common.check_status_target(db_dict)
+        await common.preflight(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
         async with common.release_lock(ref):
@@ -632,7 +632,7 @@ class ScaleKdu:
         inp = decode_input(ScaleKduInput, raw, extra)
         validation.validate_scale_input(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
-        await common.check_status_target(db_dict)
+        await common.preflight(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
         async with common.release_lock(ref):
@@ -683,7 +683,7 @@ class UninstallKdu:
         inp = decode_input(UninstallKduInput, raw, extra)
         validation.validate_uninstall(inp)
         db_dict = validation.validate_db_dict(inp.db_dict)
-        await common.check_status_target(db_dict)
+        await common.preflight(db_dict)
         # Idempotent by design: a retried or repeated uninstall must succeed, as N2VC's did.
         namespace = await common.resolve_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         if namespace is None:

@@ -455,6 +455,16 @@ def validate_db_dict(value: Any, field: str = "db_dict") -> DbDict | None:
     return DbDict(collection=collection, filter=dict(filt), path=path)
 
 
+def check_status_collection(db: DbDict, allowed: tuple[str, ...], field: str = "db_dict") -> None:
+    """Refuse a status collection outside the worker's allowlist (``KDUFLOW_STATUS_COLLECTIONS``)."""
+    if db.collection not in allowed:
+        raise InvalidInputError(
+            f"{field}.collection",
+            f"{db.collection!r} is not a collection this worker writes status to "
+            f"(KDUFLOW_STATUS_COLLECTIONS: {', '.join(allowed)})",
+        )
+
+
 def validate_repo_url(value: Any, field: str = "repo_url") -> str:
     """An http(s) chart repository URL without credentials, query or fragment ("" = none)."""
     url = _require_str(value, field)

@@ -25,7 +25,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.models import (
-    DbDict,
     GetValuesInput,
     HelmInstallInput,
     HelmRollbackInput,
@@ -39,6 +38,7 @@ from activities.models import (
     ListReleasesInput,
     ListReleasesResult,
     PollStatusInput,
+    PreflightInput,
     ReleaseInfo,
     ReleaseRef,
     ReleaseSummary,
@@ -181,11 +181,13 @@ def _worker(client: Client, activities: list[Any]) -> Worker:
 def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
     """The ``kdu.*`` mocks; each call acts on ``current()``, the cluster of the running test."""
 
-    @activity.defn(name="kdu.check_status_target")
-    async def check_status_target(db: DbDict) -> None:
-        # The real check (the worker's default policy: status goes to nsrs only).
-        current().calls["kdu.check_status_target"].append(db)
-        validate_db_dict(db, Settings.status_collections)
+    @activity.defn(name="kdu.preflight")
+    async def preflight(inp: PreflightInput) -> None:
+        # The real status-target check (the worker's default policy: status goes to nsrs only);
+        # charts are the fake cluster's business.
+        current().calls["kdu.preflight"].append(inp)
+        if inp.db_dict is not None:
+            validate_db_dict(inp.db_dict, Settings.status_collections)
 
     @activity.defn(name="kdu.list_releases")
     async def list_releases(inp: ListReleasesInput) -> ListReleasesResult:
@@ -341,7 +343,7 @@ def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
             raise
 
     return [
-        check_status_target,
+        preflight,
         list_releases,
         history,
         install,
