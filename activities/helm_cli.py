@@ -19,7 +19,9 @@ list every status     ``--all``               (default; ``--all`` is an unknown 
 
 from __future__ import annotations
 
+import decimal
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -256,17 +258,52 @@ def build_values_stdin(values: Mapping[str, Any], set_values: Mapping[str, Any] 
 
 
 def secret_strings(values: Any) -> list[str]:
-    """String leaves of the values: scrubbed from error messages and logged argv."""
+    """Leaves of the values as text, to scrub from error messages and logged argv.
+
+    Numbers count too (a PIN or a numeric password is a number in YAML): helm and a chart's
+    ``fail``/``required`` messages print them, so each is listed in the forms they appear in.
+    Booleans and null are not secrets. The walk is iterative: values can be deeply nested.
+    """
     found: list[str] = []
-    if isinstance(values, Mapping):
-        for v in values.values():
-            found += secret_strings(v)
-    elif isinstance(values, list):
-        for v in values:
-            found += secret_strings(v)
-    elif isinstance(values, str):
-        found.append(values)
+    stack = [values]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+        elif isinstance(node, str):
+            found.append(node)
+        elif isinstance(node, bool) or node is None:
+            continue
+        elif isinstance(node, int | float):
+            # helm decodes values into float64 and Go's %v prints those in its shortest form.
+            found.extend(dict.fromkeys((str(node), repr(float(node)), go_float(float(node)))))
     return found
+
+
+def go_float(value: float) -> str:
+    """``value`` as Go's ``fmt`` prints a float64 with ``%v`` (``strconv.FormatFloat(v, 'g', -1, 64)``).
+
+    The shortest digits that round-trip, in exponent form when the decimal exponent is below -4 or
+    at least 6: 123456 -> "123456", 1234567 -> "1.234567e+06", 0.00001 -> "1e-05".
+    """
+    if not math.isfinite(value):
+        return {math.inf: "+Inf", -math.inf: "-Inf"}.get(value, "NaN")
+    if value == 0:
+        return "0"
+    sign, digits, exponent = decimal.Decimal(repr(value)).normalize().as_tuple()
+    text = "".join(map(str, digits))
+    exp = len(digits) - 1 + int(exponent)
+    minus = "-" if sign else ""
+    if exp < -4 or exp >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{minus}{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    if exp < 0:
+        return f"{minus}0.{'0' * (-exp - 1)}{text}"
+    whole = text[: exp + 1].ljust(exp + 1, "0")
+    rest = text[exp + 1 :]
+    return f"{minus}{whole}" + (f".{rest}" if rest else "")
 
 
 # ------------------------------------------------------------------------------------------

@@ -492,6 +492,40 @@ def test_real_helm_template_renders_with_values_on_stdin(tools) -> None:
     assert b"type: NodePort" in proc.stdout
 
 
+NUMBERS = [0, 7, 123456, 1234567, 123456789012345, 3.5, -0.25, 0.00001, 0.0001234, 12.75, 1e21, 2**53 + 1]
+
+
+def test_numeric_values_are_scrubbed_in_the_form_helm_prints_them(tools, tmp_path: Path) -> None:
+    """A chart's ``fail``/``required`` message prints a value with Go's %v: secret_strings lists that form."""
+    chart = tmp_path / "numbers"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: numbers\nversion: 0.1.0\n")
+    lines = "".join(f"v{i}: '{{{{ .Values.n{i} }}}}'\n" for i in range(len(NUMBERS)))
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: n\ndata:\n"
+        + "".join("  " + x for x in lines.splitlines(True))
+    )
+    values = {f"n{i}": n for i, n in enumerate(NUMBERS)}
+    argv = h.build_template_argv(
+        str(tools.helm),
+        version_of(tools),
+        release="demo",
+        chart=ChartRef("local", str(chart)),
+        namespace="ns1",
+    )
+    proc = subprocess.run(argv, input=h.build_values_stdin(values), capture_output=True,
+                          env={"HOME": str(tmp_path)}, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rendered = {}
+    for line in proc.stdout.decode().splitlines():
+        key, _, text = line.strip().partition(": ")
+        if key.startswith("v") and key[1:].isdigit():
+            rendered[int(key[1:])] = text.strip("'\"")
+    assert len(rendered) == len(NUMBERS)
+    for i, number in enumerate(NUMBERS):
+        assert rendered[i] in h.secret_strings({"x": number}), (number, rendered[i])
+
+
 # ------------------------------------------------------------------------------ validation
 
 
