@@ -85,6 +85,9 @@ class InstallKduInput:
     kdu_name: str = ""
     #: Extra labels recorded on the release (helm ``--labels``) for later lookup.
     labels: dict[str, str] = field(default_factory=dict)
+    #: False: fail at once with OperationInProgress (naming the holder) when another operation
+    #: holds the release, instead of waiting for it.
+    wait_for_lock: bool = True
 
 
 @dataclass
@@ -104,6 +107,9 @@ class UpgradeKduInput:
     atomic: bool = True
     timeout: int = 300
     db_dict: DbDict | None = None
+    #: False: fail at once with OperationInProgress (naming the holder) when another operation
+    #: holds the release, instead of waiting for it.
+    wait_for_lock: bool = True
 
 
 @dataclass
@@ -115,6 +121,9 @@ class RollbackKduInput:
     revision: int = 0
     timeout: int = 300
     db_dict: DbDict | None = None
+    #: False: fail at once with OperationInProgress (naming the holder) when another operation
+    #: holds the release, instead of waiting for it.
+    wait_for_lock: bool = True
 
 
 @dataclass
@@ -128,6 +137,9 @@ class ScaleKduInput:
     timeout: int = 1800
     atomic: bool = True
     db_dict: DbDict | None = None
+    #: False: fail at once with OperationInProgress (naming the holder) when another operation
+    #: holds the release, instead of waiting for it.
+    wait_for_lock: bool = True
 
 
 @dataclass
@@ -137,6 +149,9 @@ class UninstallKduInput:
     namespace: str
     timeout: int = 300
     db_dict: DbDict | None = None
+    #: False: fail at once with OperationInProgress (naming the holder) when another operation
+    #: holds the release, instead of waiting for it.
+    wait_for_lock: bool = True
 
 
 @dataclass
@@ -466,6 +481,77 @@ class PollStatusInput:
     interval: float = 5.0
 
 
+# --------------------------------------------------------------------------------------------
+# The per-release lock (workflows/lock.py): one mutating operation per release at a time.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LockHolder:
+    """An operation holding or waiting for a release's lock."""
+
+    workflow_id: str
+    run_id: str
+    #: "install", "upgrade", "rollback", "scale", "uninstall".
+    operation: str = ""
+    #: Unique per acquisition (a retried request carries the same token: idempotent).
+    token: str = ""
+    #: Workflow type of the requester, for humans reading the lock's query.
+    workflow_type: str = ""
+
+
+@dataclass
+class LockRequest:
+    """The ``request`` update of a ``ReleaseLock`` workflow."""
+
+    requester: LockHolder
+    #: True: do not queue; answer at once whether the lock was granted.
+    fail_fast: bool = False
+
+
+@dataclass
+class LockAnswer:
+    """What ``request`` answers: granted now, or queued behind ``holder`` at ``position`` (1-based)."""
+
+    granted: bool
+    holder: LockHolder | None = None
+    position: int = 0
+
+
+@dataclass
+class LockState:
+    """A ``ReleaseLock``'s state: its input, its continue-as-new carry-over and its query answer."""
+
+    ref: ReleaseRef
+    holder: LockHolder | None = None
+    queue: list[LockHolder] = field(default_factory=list)
+    #: When the holder got the lock (workflow time, ISO 8601), for humans and the lease check.
+    held_since: str = ""
+
+
+@dataclass
+class LockRequestInput:
+    """``lock.request``: reach the release's lock workflow by update-with-start."""
+
+    lock_id: str
+    ref: ReleaseRef
+    request: LockRequest
+    #: Task queue the lock workflow runs on (the requester's own).
+    task_queue: str
+
+
+@dataclass
+class WorkflowRunRef:
+    workflow_id: str
+    run_id: str = ""
+
+
+@dataclass
+class WorkflowRunStatus:
+    #: ``WorkflowExecutionStatus`` name: "RUNNING", "COMPLETED", "TERMINATED", ...; "NOT_FOUND".
+    status: str
+
+
 ACTIVITY_NAMES = {
     # release activities (activities/release.py)
     "list_releases": "kdu.list_releases",  # ListReleasesInput -> ListReleasesResult
@@ -481,4 +567,7 @@ ACTIVITY_NAMES = {
     "status": "kdu.status",  # StatusInput -> KduStatusResult
     "poll_status": "kdu.poll_status",  # PollStatusInput -> None (runs until cancelled)
     "preflight": "kdu.preflight",  # PreflightInput -> None (local activity, before anything runs)
+    # lock activities (activities/lock.py)
+    "lock_request": "lock.request",  # LockRequestInput -> LockAnswer (update-with-start)
+    "lock_describe": "lock.describe",  # WorkflowRunRef -> WorkflowRunStatus
 }

@@ -25,6 +25,7 @@ from temporalio.worker import WorkerConfig
 
 from activities.cluster_env import ClusterEnvs
 from activities.clusters import ClusterActivities
+from activities.lock import LockActivities
 from activities.release import ReleaseActivities
 from activities.repos import RepoActivities
 from activities.secretbox import SecretBox
@@ -98,6 +99,7 @@ class KduflowPlugin(SimplePlugin):
                 *activity_methods(self.status),
                 *activity_methods(self.repos),
                 *activity_methods(self.clusters),
+                *activity_methods(LockActivities()),
             ],
             run_context=self._run_context,
         )

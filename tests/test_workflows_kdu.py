@@ -595,4 +595,4 @@ def test_kdu_workflows_are_exported_under_their_class_names():
 
     names = [_Definition.must_from_class(wf).name for wf in KDU_WORKFLOWS]
     assert names == [wf.__name__ for wf in KDU_WORKFLOWS]
-    assert len(set(names)) == 10
+    assert len(set(names)) == 11

@@ -1,9 +1,11 @@
 """kduflow workflows. ``KDU_WORKFLOWS`` lists the release workflows for worker registration."""
 
 from workflows.kdu import InstallKdu, RollbackKdu, ScaleKdu, UninstallKdu, UpgradeKdu
+from workflows.lock import ReleaseLock
 from workflows.readonly import InspectKdu, KduInstances, KduServices, KduStatus, KduValues
 
-#: Every KDU release workflow; their Temporal type names are the class names.
+#: Every KDU release workflow (and the per-release lock they take); their Temporal type names are the
+#: class names.
 KDU_WORKFLOWS: list[type] = [
     InstallKdu,
     UpgradeKdu,
@@ -15,6 +17,7 @@ KDU_WORKFLOWS: list[type] = [
     KduServices,
     KduValues,
     InspectKdu,
+    ReleaseLock,
 ]
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "KduServices",
     "KduStatus",
     "KduValues",
+    "ReleaseLock",
     "RollbackKdu",
     "ScaleKdu",
     "UninstallKdu",

@@ -24,8 +24,7 @@ Option sets and why they differ:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Mapping
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -47,7 +46,6 @@ with workflow.unsafe.imports_passed_through():
         ListReleasesInput,
         ListReleasesResult,
         PreflightInput,
-        ReleaseRef,
         ReleaseSummary,
     )
 
@@ -202,20 +200,6 @@ async def shielded(awaitable: Awaitable[T]) -> T:
     except asyncio.CancelledError:
         await task
         raise
-
-
-@asynccontextmanager
-async def release_lock(ref: ReleaseRef) -> AsyncIterator[None]:
-    """Seam for "one operation per release at a time"; a no-op for now.
-
-    Every mutating workflow wraps its body (from the first observation of the release to the last
-    status write) in this context manager. The lock will be built from Temporal primitives (e.g. a
-    per-release ``kdu-lock/<cluster>/<namespace>/<release>`` workflow acquired with
-    update-with-start and released by signal), so acquiring can wait or fail with
-    ``OperationInProgress`` here without touching the workflows' policy code.
-    """
-    del ref
-    yield
 
 
 #: ``workflow.patched`` id of the preflight: histories recorded before it replay without it.

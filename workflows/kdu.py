@@ -17,7 +17,9 @@ semantics (reference A.2/A.4) and without N2VC's defects (E):
 * **Cancellation** reaches helm (WAIT_CANCELLATION_COMPLETED: the activity SIGTERMs helm and reaps
   it before the workflow goes on), stops the poller, and still writes the final status.
 
-Every mutating body is wrapped in ``release_lock(ref)``, the seam for the per-release lock.
+Every mutating body holds the release's lock (``workflows/lock.py``) from its first observation of
+the release to its last status write: one mutating operation per release at a time, whoever started
+it; ``wait_for_lock=false`` fails at once with ``OperationInProgress`` instead of queueing.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import common, naming, scale, validation
 from workflows.decoding import decode_input
+from workflows.lock import LockClient, release_lock
 from workflows.validation import InvalidInputError
 
 #: Phases written to the status sub-document (``StatusInput.phase``).
@@ -441,7 +444,7 @@ async def _guarded_upgrade(plan: _UpgradePlan) -> tuple[ReleaseInfo, KduStatusRe
 
 
 @workflow.defn(name="InstallKdu")
-class InstallKdu:
+class InstallKdu(LockClient):
     """Install a chart as a new release (N2VC ``install``), generating the name if none is given."""
 
     @workflow.run
@@ -475,7 +478,7 @@ class InstallKdu:
             create_namespace=True,
             operation_id=common.operation_id("install"),
         )
-        async with common.release_lock(ref):
+        async with release_lock(ref, "install", wait=inp.wait_for_lock):
             try:
                 info: ReleaseInfo = await _run_with_status(
                     ACTIVITY_NAMES["install"], helm_input, ReleaseInfo, ref, db_dict, "install", inp.timeout
@@ -504,7 +507,7 @@ class InstallKdu:
 
 
 @workflow.defn(name="UpgradeKdu")
-class UpgradeKdu:
+class UpgradeKdu(LockClient):
     """Upgrade a release; on failure roll back to the recorded last deployed revision (atomic)."""
 
     @workflow.run
@@ -536,13 +539,13 @@ class UpgradeKdu:
             operation_id=common.operation_id("upgrade"),
         )
         plan = _UpgradePlan(ref, helm_input, inp.atomic, inp.timeout, db_dict, "upgrade")
-        async with common.release_lock(ref):
+        async with release_lock(ref, "upgrade", wait=inp.wait_for_lock):
             info, status = await _guarded_upgrade(plan)
         return _result(info, status, message="upgraded")
 
 
 @workflow.defn(name="RollbackKdu")
-class RollbackKdu:
+class RollbackKdu(LockClient):
     """Roll a release back to an explicit revision (0 = last deployed before the current one)."""
 
     @workflow.run
@@ -558,7 +561,7 @@ class RollbackKdu:
         await common.preflight(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
-        async with common.release_lock(ref):
+        async with release_lock(ref, "rollback", wait=inp.wait_for_lock):
             entries = await _history(ref)
             if not entries:
                 raise _not_found(ref)
@@ -620,7 +623,7 @@ class RollbackKdu:
 
 
 @workflow.defn(name="ScaleKdu")
-class ScaleKdu:
+class ScaleKdu(LockClient):
     """Change the replica key (N2VC's ``replicaCount``/``replicas``) and upgrade with reused values."""
 
     @workflow.run
@@ -635,7 +638,7 @@ class ScaleKdu:
         await common.preflight(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
-        async with common.release_lock(ref):
+        async with release_lock(ref, "scale", wait=inp.wait_for_lock):
             # Values come from the release itself, not from the repository as in N2VC: that also
             # works for OCI/local charts and when the repository is gone or has moved on.
             user = await common.call_read(
@@ -670,7 +673,7 @@ class ScaleKdu:
 
 
 @workflow.defn(name="UninstallKdu")
-class UninstallKdu:
+class UninstallKdu(LockClient):
     """Uninstall a release; an absent release is a success ("release was absent")."""
 
     @workflow.run
@@ -690,7 +693,7 @@ class UninstallKdu:
             # No namespace given and the name exists nowhere: nothing to remove, nowhere to observe.
             return KduResult(kdu_instance=inp.kdu_instance, namespace="", status="absent", message=FMT_ABSENT)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
-        async with common.release_lock(ref):
+        async with release_lock(ref, "uninstall", wait=inp.wait_for_lock):
             # history, not list: N2VC's `helm list` hid pending releases and so "uninstalled" them
             # without deleting anything (E.19).
             entries = await _history(ref)

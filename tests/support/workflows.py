@@ -49,8 +49,10 @@ from activities.models import (
     UninstallOutcome,
     ValuesResult,
 )
+from activities.lock import LockActivities
 from activities.status import validate_db_dict
 from kduflow.config import Settings
+from kduflow.plugin import activity_methods
 from workflows import KDU_WORKFLOWS
 
 
@@ -343,6 +345,8 @@ def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
             raise
 
     return [
+        # The real lock activities: the workflow tests exercise the real ReleaseLock workflow.
+        *activity_methods(LockActivities()),
         preflight,
         list_releases,
         history,
