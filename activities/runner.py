@@ -1,14 +1,14 @@
 """The one process runner: every helm and kubectl call of kduflow goes through ``Runner.run``.
 
 Contract:
-- argv is a list run with ``asyncio.create_subprocess_exec`` (never a shell);
+- argv is a list run with ``subprocess.Popen`` (never a shell), watched through a pidfd;
 - ``env`` is the *whole* environment of the child (the worker's HOME/KUBECONFIG never leak in);
 - ``stdin`` (chart values as JSON for ``--values -``) is written then closed, and never logged;
 - stdout and stderr are kept apart (helm 4 prints warnings on stderr of successful commands);
 - while the process runs inside an activity, the runner heartbeats a short progress dict;
 - on timeout or cancellation the child gets SIGTERM first (helm then records the release as
   failed instead of leaving it pending-*), ``term_grace`` seconds to exit, and only then SIGKILL
-  of its whole process group;
+  of its whole process group; a worker shutdown is not a cancellation: the child is left running;
 - the argv is logged at DEBUG in redacted form (``redact_argv``).
 """
 
@@ -18,9 +18,13 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from temporalio import activity
 
@@ -86,10 +90,20 @@ def redact_argv(argv: Sequence[str], secrets: Iterable[str] = ()) -> list[str]:
     return shown
 
 
+#: This machine, as heartbeat details name it: a retry on the same machine can check the pid.
+HOST = socket.gethostname()
+
+
 class Runner:
     """Runs one process at a time per call; stateless, safe to share between activities.
 
     Tests inject a subclass or any object with the same ``run`` signature.
+
+    The child's stdout and stderr are unlinked temporary files, not pipes, and its exit is watched
+    through a pidfd: nothing ties the child's life to this process. That is what lets a worker
+    shutdown leave helm running (see :meth:`run`): a pipe whose reader died would kill helm with
+    SIGPIPE at its next warning line, and asyncio's subprocess transport kills its child when it
+    is closed.
     """
 
     async def run(
@@ -105,53 +119,146 @@ class Runner:
     ) -> ProcessResult:
         """Run ``argv`` to completion and return its result whatever the exit status.
 
+        Inside an activity the runner heartbeats ``{command, elapsed_s, pid, host, started_at}``, so a
+        later attempt knows which process an earlier one started. Cancellation stops the child
+        (SIGTERM, ``term_grace``, SIGKILL of its group) -- except when the worker is shutting down:
+        a redeploy is not a cancellation of the operation, so the child is left to finish and the
+        next attempt (on any worker) adopts its outcome.
+
         Raises:
             ProcessTimeout: (retryable) the process overran ``timeout`` and was stopped.
             UnsupportedHelm: (non-retryable) the executable does not exist.
-            asyncio.CancelledError: re-raised after the child was stopped (SIGTERM, grace, SIGKILL).
+            asyncio.CancelledError: re-raised after the child was stopped (or left running, above).
         """
         display = " ".join(redact_argv(argv, secrets))
         logger.debug("run: %s", display)
         started = time.monotonic()
+        started_at = time.time()
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=dict(env),
-                # Own process group: the final SIGKILL reaches helm's children (plugins,
-                # post-renderers) too; SIGTERM goes to helm alone so it can record the failure.
-                start_new_session=True,
-            )
-        except FileNotFoundError as exc:
-            raise UnsupportedHelm(f"executable not found: {argv[0]}") from exc
-        except PermissionError as exc:
-            raise UnsupportedHelm(f"executable not runnable: {argv[0]}") from exc
+            try:
+                proc = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=dict(env),
+                    # Own session and process group: the worker's signals (Ctrl-C, a kill of its
+                    # group) do not reach helm, and the final SIGKILL reaches helm's children
+                    # (plugins, post-renderers) too; SIGTERM goes to helm alone so it can record
+                    # the failure.
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except FileNotFoundError as exc:
+                raise UnsupportedHelm(f"executable not found: {argv[0]}") from exc
+            except PermissionError as exc:
+                raise UnsupportedHelm(f"executable not runnable: {argv[0]}") from exc
+            exited = _watch_exit(proc)
+            if stdin is not None:
+                await _feed(proc, stdin)
+            deadline = started + timeout
+            label = _label(argv)
+            beat = {"command": label, "pid": proc.pid, "host": HOST, "started_at": int(started_at)}
+            try:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    done, _ = await asyncio.wait({exited}, timeout=min(heartbeat_every, remaining))
+                    if done:
+                        returncode = proc.wait()
+                        stdout, stderr = await asyncio.to_thread(_read_both, out, err)
+                        duration = time.monotonic() - started
+                        logger.debug("exit %s after %.1fs: %s", returncode, duration, display)
+                        return ProcessResult(display, returncode, stdout, stderr, duration)
+                    if activity.in_activity():
+                        activity.heartbeat({**beat, "elapsed_s": int(time.monotonic() - started)})
+            except asyncio.CancelledError:
+                if _worker_shutting_down():
+                    exited.cancel()
+                    logger.warning(
+                        "worker shutting down: leaving %s (pid %s) running; the next attempt adopts its "
+                        "outcome: %s", label, proc.pid, display,
+                    )  # fmt: skip
+                    raise
+                logger.info("cancelled, stopping (SIGTERM, then SIGKILL after %ss): %s", term_grace, display)
+                await _stop(proc, exited, term_grace)
+                raise
+            logger.warning("timed out after %ss, stopping: %s", timeout, display)
+            await _stop(proc, exited, term_grace)
+            raise ProcessTimeout(f"{label} did not finish within {timeout:g}s", details={"timeout": timeout})
+        finally:
+            # The child keeps its own descriptors of these (unlinked) files if it is still running.
+            out.close()
+            err.close()
 
-        comm = asyncio.ensure_future(proc.communicate(stdin))
-        deadline = started + timeout
-        label = _label(argv)
+
+def _worker_shutting_down() -> bool:
+    return activity.in_activity() and activity.is_worker_shutdown()
+
+
+def _read_both(out: IO[bytes], err: IO[bytes]) -> tuple[bytes, bytes]:
+    out.seek(0)
+    err.seek(0)
+    return out.read(), err.read()
+
+
+async def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    """Write ``data`` to the child's stdin and close it, without blocking the event loop."""
+    assert proc.stdin is not None
+    pipe = proc.stdin
+
+    def write() -> None:
         try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                done, _ = await asyncio.wait({comm}, timeout=min(heartbeat_every, remaining))
-                if done:
-                    stdout, stderr = comm.result()
-                    duration = time.monotonic() - started
-                    logger.debug("exit %s after %.1fs: %s", proc.returncode, duration, display)
-                    return ProcessResult(display, proc.returncode or 0, stdout, stderr, duration)
-                if activity.in_activity():
-                    activity.heartbeat({"command": label, "elapsed_s": int(time.monotonic() - started)})
-        except asyncio.CancelledError:
-            logger.info("cancelled, stopping (SIGTERM, then SIGKILL after %ss): %s", term_grace, display)
-            await _stop(proc, comm, term_grace)
-            raise
-        logger.warning("timed out after %ss, stopping: %s", timeout, display)
-        await _stop(proc, comm, term_grace)
-        raise ProcessTimeout(f"{label} did not finish within {timeout:g}s", details={"timeout": timeout})
+            pipe.write(data)
+        except BrokenPipeError:
+            pass  # the child exited without reading: its exit status says why
+        finally:
+            try:
+                pipe.close()
+            except BrokenPipeError:
+                pass
+
+    await asyncio.to_thread(write)
+
+
+def _watch_exit(proc: subprocess.Popen[bytes]) -> asyncio.Future[None]:
+    """A future resolved when ``proc`` exits (pidfd readable), without reaping it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        # No pidfd (old kernel): poll instead.
+        async def poll() -> None:
+            while proc.poll() is None:
+                await asyncio.sleep(0.05)
+
+        def settle(task: asyncio.Future[None]) -> None:
+            if not future.done() and not task.cancelled():
+                future.set_result(None)
+
+        task = asyncio.ensure_future(poll())
+        task.add_done_callback(settle)
+        future.add_done_callback(lambda f: task.cancel())
+        return future
+
+    def readable() -> None:
+        if not future.done():
+            future.set_result(None)
+        cleanup()
+
+    def cleanup(*_: object) -> None:
+        loop.remove_reader(pidfd)
+        try:
+            os.close(pidfd)
+        except OSError:
+            pass
+
+    loop.add_reader(pidfd, readable)
+    future.add_done_callback(lambda f: cleanup() if f.cancelled() else None)
+    return future
 
 
 def _label(argv: Sequence[str]) -> str:
@@ -161,35 +268,33 @@ def _label(argv: Sequence[str]) -> str:
     return " ".join(words)
 
 
-async def _stop(proc: asyncio.subprocess.Process, comm: asyncio.Future, term_grace: float) -> None:
+async def _stop(proc: subprocess.Popen[bytes], exited: asyncio.Future[None], term_grace: float) -> None:
     """SIGTERM the child, give it ``term_grace`` seconds, then SIGKILL its process group; reap it.
 
     A second cancellation during the grace period escalates to SIGKILL at once and propagates.
     """
-    if proc.returncode is None:
+    if proc.poll() is None:
         try:
             proc.send_signal(signal.SIGTERM)
         except ProcessLookupError:
             pass
     try:
-        await asyncio.wait_for(asyncio.shield(comm), term_grace)
+        await asyncio.wait_for(asyncio.shield(exited), term_grace)
     except TimeoutError:
         pass
     except asyncio.CancelledError:
         _kill_group(proc)
         raise
-    # Even when helm itself exited, a child it left in the group could hold the pipes open.
+    # Even when helm itself exited, a child it left in the group would live on.
     _kill_group(proc)
     try:
-        await asyncio.wait_for(asyncio.shield(comm), _REAP_TIMEOUT)
+        await asyncio.wait_for(asyncio.shield(exited), _REAP_TIMEOUT)
     except TimeoutError:
-        comm.cancel()
-        logger.warning("process group %s kept its pipes open after SIGKILL", proc.pid)
-    if proc.returncode is None:
-        await proc.wait()
+        logger.warning("process %s did not exit after SIGKILL", proc.pid)
+    proc.poll()
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

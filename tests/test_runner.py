@@ -189,7 +189,8 @@ async def test_run_heartbeats_inside_an_activity(tmp_path: Path) -> None:
     assert await env.run(run_it) == 0
     assert len(beats) >= 3
     detail = beats[-1][0]
-    assert set(detail) == {"command", "elapsed_s"}
+    # Enough for a later attempt to find the process (same host: is the pid still alive?).
+    assert set(detail) == {"command", "elapsed_s", "pid", "host", "started_at"}
     assert detail["command"].startswith("python")
 
 
@@ -208,6 +209,41 @@ async def test_run_activity_cancellation_stops_the_child(tmp_path: Path) -> None
         await task
     assert (tmp_path / "term").read_text() == "TERM"
     assert_gone(pid)
+
+
+async def test_run_leaves_the_child_running_when_the_worker_shuts_down(tmp_path: Path) -> None:
+    """A redeploy is not a cancellation: helm finishes (writing to its stderr after the worker let
+    go of it, which a pipe would answer with SIGPIPE) and the next attempt adopts its outcome."""
+    argv = script(
+        tmp_path,
+        """
+        import os, sys, time
+        d = sys.argv[1]
+        open(os.path.join(d, "pid"), "w").write(str(os.getpid()))
+        while not os.path.exists(os.path.join(d, "go")):
+            time.sleep(0.02)
+        for i in range(2000):
+            sys.stderr.write("W1202 client-side throttling, waited %d ms\\n" % i)
+            sys.stdout.write("x" * 100)
+        sys.stderr.flush()
+        open(os.path.join(d, "done"), "w").write("done")
+        """,
+    )
+    env = ActivityEnvironment()
+
+    @activity.defn
+    async def run_it() -> int:
+        return (await Runner().run(argv, env=ENV, timeout=60, heartbeat_every=0.1)).returncode
+
+    task = asyncio.create_task(env.run(run_it))
+    pid = int(await wait_for_file(tmp_path / "pid"))
+    env.worker_shutdown()
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    os.kill(pid, 0)  # still running: not signalled
+    (tmp_path / "go").write_text("go")
+    assert await wait_for_file(tmp_path / "done") == "done"
 
 
 async def test_run_missing_executable_is_unsupported_helm(tmp_path: Path) -> None:
