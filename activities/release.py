@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -40,6 +42,7 @@ from activities.errors import (
     InvalidInput,
     KduflowError,
     OperationInProgress,
+    ProcessTimeout,
     ReleaseFailed,
     ReleaseNameInUse,
     ReleaseNotFound,
@@ -83,6 +86,15 @@ OP_LABEL = "kduflow.dev/op"
 READ_TIMEOUT = 120.0
 #: Seconds the runner adds to helm's own --timeout (chart download, hooks bookkeeping, storage).
 RUNNER_MARGIN = 60.0
+#: Seconds kept back from the activity's start-to-close: the result must still reach the server.
+ACTIVITY_RESERVE = 5.0
+#: A helm --timeout shorter than this is not worth starting: the attempt gives up (retryable).
+MIN_HELM_TIMEOUT = 10
+#: Added to a pending revision's helm timeout before it counts as stuck (hooks, the final storage
+#: write after helm's wait).
+STUCK_MARGIN = 120
+#: Seconds between two looks at a pending release while waiting for it.
+PENDING_POLL = 3.0
 _ROLLBACK_TO = re.compile(r"^Rollback to (\d+)$")
 _OCI_NOISE = re.compile(r"^(Pulled|Digest): .*\n", re.MULTILINE)
 
@@ -112,6 +124,8 @@ class _Settings(Protocol):
     def private_networks(self) -> tuple[str, ...]: ...
     @property
     def status_collections(self) -> tuple[str, ...]: ...
+    @property
+    def pending_stuck_after(self) -> int: ...
 
 
 def op_marker(operation_id: str) -> dict[str, str]:
@@ -172,6 +186,8 @@ class ReleaseActivities:
         self._heartbeat_every = heartbeat_every
         self._envs = envs
         self._runner = runner or Runner()
+        #: Seconds added to a pending revision's timeout before it counts as stuck (tests shorten it).
+        self.stuck_margin = STUCK_MARGIN
         self._versions: dict[str, HelmVersion] = {}
         self._version_lock = asyncio.Lock()
 
@@ -221,6 +237,13 @@ class ReleaseActivities:
         stdin: bytes | None = None,
         secrets: Iterable[str] = (),
     ) -> ProcessResult:
+        # Never run a process past the activity's own deadline: Temporal would time the attempt out
+        # while the process runs on, and the retry would meet it.
+        left = _time_left()
+        if left is not None:
+            if left - ACTIVITY_RESERVE < 1:
+                raise ProcessTimeout("no time left in this attempt to run helm", details={"timeout": 0})
+            timeout = min(timeout, left - ACTIVITY_RESERVE)
         return await self._runner.run(
             argv,
             env=env,
@@ -229,6 +252,76 @@ class ReleaseActivities:
             secrets=secrets,
             heartbeat_every=self._heartbeat_every,
         )
+
+    def _helm_timeout(self, requested: int) -> int:
+        """helm's ``--timeout`` for a mutating call: the request, shortened to what this attempt has
+        left (the runner adds RUNNER_MARGIN on top). Raises ProcessTimeout (retryable) when too
+        little is left: the next attempt starts with a full start-to-close."""
+        left = _time_left()
+        if left is None:
+            return requested
+        fits = int(left - ACTIVITY_RESERVE - RUNNER_MARGIN)
+        if fits < min(requested, MIN_HELM_TIMEOUT):
+            raise ProcessTimeout(
+                f"only {int(left)}s left in this attempt, too little for helm (asked {requested}s)",
+                details={"timeout": requested},
+            )
+        return min(requested, fits)
+
+    async def _settle_pending(
+        self,
+        env: Mapping[str, str],
+        version: HelmVersion,
+        ref: ReleaseRef,
+        history: list[RevisionInfo],
+        *,
+        own_timeout: int | None,
+    ) -> list[RevisionInfo]:
+        """Wait while the latest revision is pending and the helm writing it may still be running.
+
+        ``own_timeout`` is this operation's helm timeout when the pending revision is its own (an
+        earlier attempt's), None when it is someone else's (then ``KDUFLOW_PENDING_STUCK_AFTER``
+        stands in for the unknown timeout). Returns the history once the latest revision is no
+        longer pending, or once it is stuck: the earlier attempt's helm is known to be gone (same
+        host, its pid no longer runs helm), or the revision is older than its timeout plus
+        STUCK_MARGIN and no live process is known. A live helm of an earlier attempt is always
+        waited for: a redeployed worker left it running on purpose.
+
+        Raises OperationInProgress (retryable) when this attempt runs out of time first.
+        """
+        previous = _previous_process() if own_timeout is not None else None
+        timeout = own_timeout if own_timeout is not None else self._settings.pending_stuck_after
+        limit = timeout + self.stuck_margin
+        while history and ReleaseStatus(history[-1].status).is_pending:
+            latest = history[-1]
+            alive = _process_alive(previous)
+            if alive is False:
+                activity.logger.info(
+                    "release %s is %s but the helm of the earlier attempt (pid %s) is gone",
+                    ref.kdu_instance, latest.status, previous.get("pid") if previous else "?",
+                )  # fmt: skip
+                return history
+            age = _age_seconds(latest.updated)
+            # A revision whose time cannot be read is never taken for stuck: helm always writes it.
+            if alive is None and age is not None and age >= limit:
+                activity.logger.warning(
+                    "release %s is stuck %s at revision %s (%.0fs old, limit %ss): recovering it",
+                    ref.kdu_instance, latest.status, latest.revision, age, limit,
+                )  # fmt: skip
+                return history
+            left = _time_left()
+            if left is not None and left - ACTIVITY_RESERVE < 2 * PENDING_POLL:
+                raise OperationInProgress(
+                    f"release {ref.kdu_instance!r} is {latest.status} at revision {latest.revision} and "
+                    f"{'its helm is still running' if alive else 'not yet stuck'}: waiting again",
+                    details={"revision": latest.revision, "status": latest.status},
+                )
+            if activity.in_activity():
+                # Keep the earlier attempt's process on record for the next attempt.
+                activity.heartbeat(previous or {"waiting_for": latest.status, "revision": latest.revision})
+            await asyncio.sleep(PENDING_POLL)
+            history = await self._history(env, version, ref)
+        return history
 
     async def _run_ok(
         self, argv: Sequence[str], env: Mapping[str, str], context: str, **kw: Any
@@ -521,18 +614,6 @@ class ReleaseActivities:
         env = await self._env(ref.cluster_uuid)
         chart = await self._available(ref.cluster_uuid, chart)
         version = await self._version(env)
-        argv = helm_cli.build_install_argv(
-            self._settings.helm,
-            version,
-            release=ref.kdu_instance,
-            chart=chart,
-            namespace=_ns(ref),
-            timeout=inp.timeout,
-            atomic=inp.atomic,
-            wait=inp.wait,
-            create_namespace=inp.create_namespace,
-            labels={**inp.labels, **op_marker(inp.operation_id)},
-        )
         before = await self._history(env, version, ref)
         if before:
             latest = before[-1]
@@ -542,6 +623,11 @@ class ReleaseActivities:
                     f"(revision {latest.revision}, {latest.status}) and was not installed by this operation",
                     details={"revision": latest.revision, "status": latest.status},
                 )
+            # An earlier attempt's helm may still be running (a worker redeploy leaves it running):
+            # wait for its outcome before judging it.
+            before = await self._settle_pending(env, version, ref, before, own_timeout=inp.timeout)
+        if before:
+            latest = before[-1]
             if latest.status not in (
                 ReleaseStatus.PENDING_INSTALL.value,
                 ReleaseStatus.FAILED.value,
@@ -551,9 +637,22 @@ class ReleaseActivities:
                 activity.logger.info("release %s already installed by this operation", ref.kdu_instance)
                 return await self._observe(env, version, ref)
             activity.logger.info("removing %s left %s by an earlier attempt", ref.kdu_instance, latest.status)
-            await self._uninstall(env, version, ref, inp.timeout, wait=True)
+            await self._uninstall(env, version, ref, self._helm_timeout(inp.timeout), wait=True)
             before = []
-        res = await self._run(argv, env, timeout=inp.timeout + RUNNER_MARGIN, stdin=values, secrets=secrets)
+        helm_timeout = self._helm_timeout(inp.timeout)
+        argv = helm_cli.build_install_argv(
+            self._settings.helm,
+            version,
+            release=ref.kdu_instance,
+            chart=chart,
+            namespace=_ns(ref),
+            timeout=helm_timeout,
+            atomic=inp.atomic,
+            wait=inp.wait,
+            create_namespace=inp.create_namespace,
+            labels={**inp.labels, **op_marker(inp.operation_id)},
+        )
+        res = await self._run(argv, env, timeout=helm_timeout + RUNNER_MARGIN, stdin=values, secrets=secrets)
         if not res.ok:
             raise await self._failure(env, version, ref, res, before, "install", secrets)
         return helm_cli.parse_release(res.stdout).info()
@@ -564,9 +663,12 @@ class ReleaseActivities:
         """Upgrade the release; idempotent for one ``operation_id``.
 
         - latest revision newer than ``expected_revision`` and labelled by this operation:
-          deployed -> return it; failed -> ``UpgradeFailed``; pending-upgrade/pending-rollback
-          (our helm was killed) -> roll back to the last deployed revision, then upgrade again;
-        - pending-* of another operation -> ``OperationInProgress`` (retryable);
+          deployed -> return it; failed -> ``UpgradeFailed``;
+        - latest revision pending (this operation's earlier attempt, or anyone's): wait while its
+          helm may still run (an earlier attempt's helm left running by a worker redeploy is waited
+          for and its outcome adopted); once stuck (helm gone, or older than its timeout plus a
+          margin), roll back to the last deployed revision (pending-install: uninstall), then
+          upgrade; ``OperationInProgress`` (retryable) if this attempt runs out of time waiting;
         - ``chart`` "" -> the chart the release runs, found in the cluster's repositories or
           the charts directory by name and version (``ChartNotFound`` otherwise).
 
@@ -587,20 +689,6 @@ class ReleaseActivities:
             ref.cluster_uuid,
             requested if requested is not None else await self._current_chart(env, version, ref, inp.version),
         )
-        argv = helm_cli.build_upgrade_argv(
-            self._settings.helm,
-            version,
-            release=ref.kdu_instance,
-            chart=chart,
-            namespace=_ns(ref),
-            timeout=inp.timeout,
-            reuse_values=inp.reuse_values,
-            reset_values=inp.reset_values,
-            force=inp.force,
-            atomic=inp.atomic,
-            wait=inp.wait,
-            labels=op_marker(inp.operation_id),
-        )
         before = await self._history(env, version, ref)
         if not before:
             raise ReleaseNotFound(f"kdu_instance: release {ref.kdu_instance!r} not found in {_ns(ref)!r}")
@@ -608,6 +696,14 @@ class ReleaseActivities:
         ours = latest.revision > inp.expected_revision and await self._carries_marker(
             env, version, ref, inp.operation_id
         )
+        # A pending revision: an earlier attempt's helm that may still run (a worker redeploy leaves
+        # it running), or someone else's operation. Wait for it; recover only a stuck one.
+        before = await self._settle_pending(
+            env, version, ref, before, own_timeout=inp.timeout if ours else None
+        )
+        if not before:
+            raise ReleaseNotFound(f"kdu_instance: release {ref.kdu_instance!r} not found in {_ns(ref)!r}")
+        latest = before[-1]
         if ours and latest.status == ReleaseStatus.DEPLOYED.value:
             activity.logger.info("release %s already upgraded by this operation", ref.kdu_instance)
             return await self._observe(env, version, ref)
@@ -618,24 +714,36 @@ class ReleaseActivities:
                 "description": latest.description,
             }
             raise UpgradeFailed(f"helm upgrade {ref.kdu_instance}: {latest.description}", details=details)
-        if (
-            latest.status in (ReleaseStatus.PENDING_UPGRADE.value, ReleaseStatus.PENDING_ROLLBACK.value)
-            and ours
-        ):
-            await self._unlock(env, version, ref, before, inp.timeout)
+        if ReleaseStatus(latest.status).is_pending:
+            # Stuck (its helm is gone or it outlived its timeout): restore the last deployed revision
+            # first, as helm's own rollback would have.
+            await self._recover_stuck(env, version, ref, before, inp.timeout)
             before = await self._history(env, version, ref)
-        elif ReleaseStatus(latest.status).is_pending:
-            raise OperationInProgress(
-                f"release {ref.kdu_instance!r} is {latest.status} (revision {latest.revision}): "
-                "another operation holds it",
-                details={"revision": latest.revision, "status": latest.status},
-            )
-        res = await self._run(argv, env, timeout=inp.timeout + RUNNER_MARGIN, stdin=values, secrets=secrets)
+            if not before:
+                raise ReleaseNotFound(
+                    f"kdu_instance: release {ref.kdu_instance!r} was stuck pending-install and was removed"
+                )
+        helm_timeout = self._helm_timeout(inp.timeout)
+        argv = helm_cli.build_upgrade_argv(
+            self._settings.helm,
+            version,
+            release=ref.kdu_instance,
+            chart=chart,
+            namespace=_ns(ref),
+            timeout=helm_timeout,
+            reuse_values=inp.reuse_values,
+            reset_values=inp.reset_values,
+            force=inp.force,
+            atomic=inp.atomic,
+            wait=inp.wait,
+            labels=op_marker(inp.operation_id),
+        )
+        res = await self._run(argv, env, timeout=helm_timeout + RUNNER_MARGIN, stdin=values, secrets=secrets)
         if not res.ok:
             raise await self._failure(env, version, ref, res, before, "upgrade", secrets)
         return helm_cli.parse_release(res.stdout).info()
 
-    async def _unlock(
+    async def _recover_stuck(
         self,
         env: Mapping[str, str],
         version: HelmVersion,
@@ -643,16 +751,27 @@ class ReleaseActivities:
         history: list[RevisionInfo],
         timeout: int,
     ) -> None:
-        """Roll a pending-upgrade/-rollback left by our killed helm back to the last deployed revision."""
+        """Clear a stuck pending revision: pending-install is uninstalled; pending-upgrade and
+        pending-rollback are rolled back to the last deployed revision (what helm's own atomic
+        rollback would have done). Only called with the release's lock held and once
+        ``_settle_pending`` found no live helm for it."""
+        latest = history[-1]
+        if latest.status in (ReleaseStatus.PENDING_INSTALL.value, ReleaseStatus.UNINSTALLING.value):
+            activity.logger.warning(
+                "uninstalling %s, stuck %s at revision %s", ref.kdu_instance, latest.status, latest.revision
+            )
+            await self._uninstall(env, version, ref, self._helm_timeout(timeout), wait=True)
+            return
         target = _last_deployed(history[:-1])
         if target is None:
             raise OperationInProgress(
-                f"release {ref.kdu_instance!r} is pending with no deployed revision to restore"
+                f"release {ref.kdu_instance!r} is stuck {latest.status} with no deployed revision to restore"
             )
-        activity.logger.info(
-            "rolling %s back to revision %s to clear %s", ref.kdu_instance, target, history[-1].status
-        )
-        res = await self._rollback(env, version, ref, target, timeout, wait=True)
+        activity.logger.warning(
+            "rolling %s back to revision %s to clear %s at revision %s",
+            ref.kdu_instance, target, latest.status, latest.revision,
+        )  # fmt: skip
+        res = await self._rollback(env, version, ref, target, self._helm_timeout(timeout), wait=True)
         if not res.ok:
             raise await self._failure(env, version, ref, res, history, "rollback")
 
@@ -713,13 +832,22 @@ class ReleaseActivities:
             raise InvalidInput(
                 f"revision: release {ref.kdu_instance!r} has no revision {inp.revision} in its history"
             )
+        before = await self._settle_pending(
+            env, version, ref, before, own_timeout=inp.timeout if _from_previous_attempt(before[-1]) else None
+        )
+        if not before:
+            raise ReleaseNotFound(f"kdu_instance: release {ref.kdu_instance!r} not found in {_ns(ref)!r}")
         latest = before[-1]
         if (
             latest.status == ReleaseStatus.DEPLOYED.value
             and latest.description == f"Rollback to {inp.revision}"
         ):
             return await self._observe(env, version, ref)
-        res = await self._rollback(env, version, ref, inp.revision, inp.timeout, inp.wait)
+        if ReleaseStatus(latest.status).is_pending:
+            await self._recover_stuck(env, version, ref, before, inp.timeout)
+            before = await self._history(env, version, ref)
+        helm_timeout = self._helm_timeout(inp.timeout)
+        res = await self._rollback(env, version, ref, inp.revision, helm_timeout, inp.wait)
         if not res.ok:
             raise await self._failure(env, version, ref, res, before, "rollback")
         return await self._observe(env, version, ref)
@@ -729,7 +857,8 @@ class ReleaseActivities:
     async def uninstall(self, inp: HelmUninstallInput) -> UninstallOutcome:
         """Uninstall (purging history); an absent release is a success with ``existed=False``.
 
-        pending-* releases are not absent: they are uninstalled too.
+        pending-* releases are not absent: they are uninstalled too, once no helm may still be
+        writing them (see ``_settle_pending``).
         """
         ref = inp.ref
         env = await self._env(ref.cluster_uuid)
@@ -739,8 +868,13 @@ class ReleaseActivities:
             return UninstallOutcome(
                 ref.kdu_instance, _ns(ref), existed=False, status_before=ReleaseStatus.ABSENT.value
             )
-        await self._uninstall(env, version, ref, inp.timeout, inp.wait)
-        return UninstallOutcome(ref.kdu_instance, _ns(ref), existed=True, status_before=before[-1].status)
+        status_before = before[-1].status
+        # A pending release is removed too, but not under a helm that may still be writing it.
+        await self._settle_pending(
+            env, version, ref, before, own_timeout=inp.timeout if _from_previous_attempt(before[-1]) else None
+        )
+        await self._uninstall(env, version, ref, self._helm_timeout(inp.timeout), inp.wait)
+        return UninstallOutcome(ref.kdu_instance, _ns(ref), existed=True, status_before=status_before)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -774,6 +908,98 @@ def _info(ref: ReleaseRef, history: Sequence[RevisionInfo]) -> ReleaseInfo:
         chart=latest.chart,
         app_version=latest.app_version,
     )
+
+
+def _time_left() -> float | None:
+    """Seconds until this activity attempt's start-to-close deadline (None outside an activity)."""
+    if not activity.in_activity():
+        return None
+    info = activity.info()
+    # The SDK's ActivityEnvironment (tests) reports a start at the epoch: no real deadline.
+    if info.start_to_close_timeout is None or info.started_time is None or info.started_time.timestamp() <= 0:
+        return None
+    deadline = info.started_time.timestamp() + info.start_to_close_timeout.total_seconds()
+    if info.schedule_to_close_timeout and info.scheduled_time:
+        overall = info.scheduled_time.timestamp() + info.schedule_to_close_timeout.total_seconds()
+        deadline = min(deadline, overall)
+    return deadline - time.time()
+
+
+def _previous_process() -> dict[str, Any] | None:
+    """The process an earlier attempt of this activity reported in its last heartbeat, if any."""
+    if not activity.in_activity():
+        return None
+    for detail in activity.info().heartbeat_details:
+        if isinstance(detail, Mapping) and isinstance(detail.get("pid"), int) and detail.get("host"):
+            return dict(detail)
+    return None
+
+
+def _process_alive(process: Mapping[str, Any] | None) -> bool | None:
+    """Whether an earlier attempt's process still runs: None when it cannot be known (no record, or
+    another host), False when its pid is gone or now runs something else."""
+    if not process or process.get("host") != runner_host():
+        return None
+    pid = int(process["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = _process_start_time(pid)
+    if started is None:
+        return None
+    if started == -1.0:
+        return False  # exited, not yet reaped
+    # A pid reused by a process started after the recorded one is not that process.
+    return started <= float(process.get("started_at", 0)) + 5
+
+
+def _process_start_time(pid: int) -> float | None:
+    """Epoch seconds ``pid`` started (-1.0: a zombie; None: unknown), from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith(b"btime "))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    if fields[0] == b"Z":
+        return -1.0
+    # Field 22 of /proc/<pid>/stat (index 19 after the command name): start time in clock ticks.
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def runner_host() -> str:
+    from activities.runner import HOST
+
+    return HOST
+
+
+def _age_seconds(updated: str) -> float | None:
+    """Seconds since helm's ``updated`` time of a revision (RFC 3339, nanoseconds), None if unparsable."""
+    text = updated.strip()
+    if not text:
+        return None
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return time.time() - when.timestamp()
+
+
+def _from_previous_attempt(latest: RevisionInfo) -> bool:
+    """Whether a pending revision was written by this activity's earlier attempt: it is no older
+    than the process that attempt reported. Used where helm records no operation label (rollback)."""
+    previous = _previous_process()
+    age = _age_seconds(latest.updated)
+    if previous is None or age is None:
+        return False
+    return time.time() - age >= float(previous.get("started_at", 0)) - 2
 
 
 def _ns(ref: ReleaseRef) -> str:

@@ -70,6 +70,9 @@ class Settings:
     url_allowlist: tuple[str, ...] = ()
     #: Networks (CIDR) that URLs from workflow input may resolve into although they are internal.
     private_networks: tuple[str, ...] = ()
+    #: Seconds after which a pending-* revision that no known helm process is writing counts as
+    #: stuck and is recovered (its own helm timeout is unknown to kduflow).
+    pending_stuck_after: int = 1800
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -149,6 +152,7 @@ class Settings:
             f"status_collections={','.join(self.status_collections)}",
             f"url_allowlist={','.join(self.url_allowlist) or '-'}",
             f"private_networks={','.join(self.private_networks) or '-'}",
+            f"pending_stuck_after={self.pending_stuck_after}s",
         ]
         return " ".join(parts)
 
@@ -209,6 +213,9 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("url_allowlist", "KDUFLOW_URL_ALLOWLIST", "--url-allowlist",
           "comma-separated URL prefixes (https://host[:port]/path, oci://host[:port]/path), hosts or "
           "*.domain globs that workflow input may name besides registered repositories (default: none)"),
+    _Spec("pending_stuck_after", "KDUFLOW_PENDING_STUCK_AFTER", "--pending-stuck-after",
+          "seconds after which a pending-* release revision that no known helm process is writing "
+          "counts as stuck and is recovered, plus a 120 s margin (default 1800)"),
     _Spec("private_networks", "KDUFLOW_ALLOW_PRIVATE_NETWORKS", "--allow-private-networks",
           "comma-separated CIDRs (e.g. 10.20.0.0/16) that allowlisted URLs may resolve into although "
           "they are loopback, link-local, private or unspecified (default: none)"),
@@ -507,6 +514,13 @@ def _validate_networks(raw: Any, label: str, environ: Mapping[str, str]) -> tupl
     return tuple(dict.fromkeys(out))
 
 
+def _validate_stuck_after(raw: Any, label: str, environ: Mapping[str, str]) -> int:
+    text = str(raw).strip()
+    if isinstance(raw, bool) or not text.isdigit() or not 60 <= int(text) <= 86_400:
+        raise ConfigError(f"{label}={raw!r}: a whole number of seconds between 60 and 86400")
+    return int(text)
+
+
 _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "helm": _validate_executable,
     "kubectl": _validate_executable,
@@ -523,4 +537,5 @@ _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "status_collections": _validate_collections,
     "url_allowlist": _validate_url_allowlist,
     "private_networks": _validate_networks,
+    "pending_stuck_after": _validate_stuck_after,
 }

@@ -58,6 +58,12 @@ def test_every_variable(env: dict[str, str], tmp_path: Path) -> None:
         KDUFLOW_SECRET_KEY=f"k2:{KEY}, k1:{KEY}",
         KDUFLOW_POLL_INTERVAL="2.5",
         KDUFLOW_STABLE_REPO_URL="https://charts.example.com/stable",
+        KDUFLOW_EXEC_PLUGINS="aws, /usr/local/bin/kubelogin",
+        KDUFLOW_ALLOW_KUBECONFIG_PROXY="true",
+        KDUFLOW_STATUS_COLLECTIONS="nsrs,vnfrs",
+        KDUFLOW_URL_ALLOWLIST="https://charts.example.com/stable,oci://registry.example.com/charts,*.example.org",
+        KDUFLOW_ALLOW_PRIVATE_NETWORKS="10.20.0.0/16,fd00::/8",
+        KDUFLOW_PENDING_STUCK_AFTER="600",
     )
     settings = Settings.from_env(env)
     assert settings.helm == str(ROOT / "tools" / "helm4" / "helm")
@@ -70,6 +76,14 @@ def test_every_variable(env: dict[str, str], tmp_path: Path) -> None:
     assert settings.secret_key == f"k2:{KEY}, k1:{KEY}"
     assert settings.poll_interval == 2.5
     assert settings.stable_repo_url == "https://charts.example.com/stable"
+    assert settings.exec_plugins == ("aws", "/usr/local/bin/kubelogin")
+    assert settings.kubeconfig_proxy is True
+    assert settings.status_collections == ("nsrs", "vnfrs")
+    assert settings.url_allowlist == (
+        "https://charts.example.com/stable", "oci://registry.example.com/charts", "*.example.org"
+    )
+    assert settings.private_networks == ("10.20.0.0/16", "fd00::/8")
+    assert settings.pending_stuck_after == 600
 
 
 def test_overrides_win_over_environment(env: dict[str, str], tmp_path: Path) -> None:
@@ -104,6 +118,19 @@ def test_overrides_win_over_environment(env: dict[str, str], tmp_path: Path) -> 
         ("MONGO_URI", "mongodb://", "MONGO_URI='mongodb://': no host"),
         ("KDUFLOW_MONGO_DB", "os.m", "KDUFLOW_MONGO_DB='os.m': not a valid MongoDB database name"),
         ("KDUFLOW_STABLE_REPO_URL", "ftp://x", "KDUFLOW_STABLE_REPO_URL='ftp://x': must be an http"),
+        ("KDUFLOW_EXEC_PLUGINS", "sh", "KDUFLOW_EXEC_PLUGINS: 'sh' is a shell or interpreter"),
+        ("KDUFLOW_EXEC_PLUGINS", "/usr/bin/python3", "KDUFLOW_EXEC_PLUGINS: '/usr/bin/python3' is a shell"),
+        ("KDUFLOW_EXEC_PLUGINS", "bin/aws", "KDUFLOW_EXEC_PLUGINS: 'bin/aws' must be an absolute"),
+        ("KDUFLOW_ALLOW_KUBECONFIG_PROXY", "maybe", "KDUFLOW_ALLOW_KUBECONFIG_PROXY='maybe': must be true"),
+        ("KDUFLOW_STATUS_COLLECTIONS", "k8sclusters", "KDUFLOW_STATUS_COLLECTIONS: 'k8sclusters' holds"),
+        ("KDUFLOW_STATUS_COLLECTIONS", "system.x", "KDUFLOW_STATUS_COLLECTIONS: 'system.x' is not a plain"),
+        ("KDUFLOW_STATUS_COLLECTIONS", " , ", "KDUFLOW_STATUS_COLLECTIONS: give at least one"),
+        ("KDUFLOW_URL_ALLOWLIST", "ftp://x", "KDUFLOW_URL_ALLOWLIST: 'ftp://x' must be an http, https"),
+        ("KDUFLOW_URL_ALLOWLIST", "https://u:p@x", "KDUFLOW_URL_ALLOWLIST: 'https://u:\\*\\*\\*@x' must not"),
+        ("KDUFLOW_URL_ALLOWLIST", "a b", "KDUFLOW_URL_ALLOWLIST: 'a b' is neither"),
+        ("KDUFLOW_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33", "KDUFLOW_ALLOW_PRIVATE_NETWORKS: '10.0.0.0/33'"),
+        ("KDUFLOW_PENDING_STUCK_AFTER", "5", "KDUFLOW_PENDING_STUCK_AFTER='5': a whole number"),
+        ("KDUFLOW_PENDING_STUCK_AFTER", "1e9", "KDUFLOW_PENDING_STUCK_AFTER='1e9'"),
     ],
 )
 def test_invalid_values_name_variable_and_value(

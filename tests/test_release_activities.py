@@ -8,8 +8,11 @@ input converges to the same result. A few branch tests use a recording fake runn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +37,7 @@ from activities.models import (
     RevisionInfo,
 )
 from activities.release import OP_LABEL, ReleaseActivities, op_marker
-from activities.runner import ProcessResult, Runner
+from activities.runner import HOST, ProcessResult, Runner
 from kduflow.config import Settings
 
 try:
@@ -94,6 +97,13 @@ def acts(tools: Any, kube_env: dict[str, str], tmp_path: Path) -> ReleaseActivit
         helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path / "state", charts_dir=CHARTS
     )
     return ReleaseActivities(settings, Envs(kube_env), heartbeat_every=0.2)
+
+
+def with_previous_attempt(env: ActivityEnvironment, pid: int, started_at: float) -> ActivityEnvironment:
+    """An activity environment for attempt 2 whose attempt 1 last heartbeated helm's process."""
+    beat = {"command": "helm upgrade", "pid": pid, "host": HOST, "started_at": int(started_at)}
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[beat])
+    return env
 
 
 def ref_for(tools: Any, name: str) -> ReleaseRef:
@@ -278,7 +288,7 @@ async def test_upgrade_recovers_a_pending_upgrade_left_by_its_own_killed_helm(
         if json.loads(out)[-1]["status"] == "pending-upgrade":
             break
         await asyncio.sleep(0.1)
-    proc.kill()  # a worker crash: helm never records the outcome
+    proc.kill()  # helm killed mid-upgrade: it never records the outcome
     proc.wait()
     out = helm(tools, kube_env, "history", ref.kdu_instance, "-n", ref.namespace, "-o", "json").stdout
     assert json.loads(out)[-1]["status"] == "pending-upgrade"
@@ -286,10 +296,100 @@ async def test_upgrade_recovers_a_pending_upgrade_left_by_its_own_killed_helm(
     retry = HelmUpgradeInput(
         ref, chart="webapp", values={"ready": True}, timeout=60, operation_id="crashy", expected_revision=1
     )
-    done = await env.run(acts.upgrade, retry)
+    # The earlier attempt's last heartbeat names its helm process: on this host and gone, so the
+    # retry recovers at once instead of waiting for the pending revision to age.
+    retry_env = with_previous_attempt(ActivityEnvironment(), proc.pid, time.time() - 5)
+    done = await retry_env.run(acts.upgrade, retry)
     assert (done.revision, done.status) == (4, "deployed")  # 2 pending -> 3 "Rollback to 1" -> 4 upgrade
     statuses = [h.status for h in (await env.run(acts.history, ref)).entries]
     # helm's rollback supersedes deployed revisions only: the interrupted record keeps its status.
+    assert statuses == ["superseded", "pending-upgrade", "superseded", "deployed"]
+    await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+
+
+def start_helm_upgrade(tools: Any, kube_env: dict[str, str], ref: ReleaseRef, values: bytes, op: str) -> Any:
+    out = helm(tools, kube_env, "version", "--template", "{{.Version}}").stdout
+    version = helm_cli.HelmVersion.parse(out)
+    argv = helm_cli.build_upgrade_argv(
+        str(tools.helm), version, release=ref.kdu_instance,
+        chart=helm_cli.ChartRef("local", str(CHARTS / "webapp")), namespace=ref.namespace, timeout=60,
+        labels=op_marker(op),
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        argv, env=kube_env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    proc.stdin.write(values)  # type: ignore[union-attr]
+    proc.stdin.close()  # type: ignore[union-attr]
+    return proc
+
+
+async def wait_status(tools: Any, kube_env: dict[str, str], ref: ReleaseRef, status: str) -> None:
+    for _ in range(200):
+        out = helm(tools, kube_env, "history", ref.kdu_instance, "-n", ref.namespace, "-o", "json").stdout
+        if json.loads(out)[-1]["status"] == status:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"release never became {status}")
+
+
+@needs_sandbox
+async def test_upgrade_retry_adopts_the_outcome_of_a_helm_a_redeploy_left_running(
+    acts: ReleaseActivities, tools, kube_env
+) -> None:
+    """A worker redeploy leaves helm running; the retry (another worker) waits for it and adopts its
+    outcome: no rollback, no second upgrade."""
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "adopt")
+    await env.run(acts.install, HelmInstallInput(ref, chart="webapp", timeout=60, operation_id="i"))
+    started = time.time()
+    # The sandbox makes pods ready after its ready_delay: helm --wait takes a moment.
+    proc = start_helm_upgrade(tools, kube_env, ref, b'{"replicaCount": 2}', "redeployed")
+    await wait_status(tools, kube_env, ref, "pending-upgrade")
+    retry = HelmUpgradeInput(
+        ref, chart="webapp", values={"replicaCount": 2}, timeout=60, operation_id="redeployed",
+        expected_revision=1,
+    )  # fmt: skip
+    done = await with_previous_attempt(ActivityEnvironment(), proc.pid, started).run(acts.upgrade, retry)
+    assert proc.wait(timeout=30) == 0
+    assert (done.revision, done.status) == (2, "deployed")
+    statuses = [h.status for h in (await env.run(acts.history, ref)).entries]
+    assert statuses == ["superseded", "deployed"]  # adopted: nothing rolled back, nothing redone
+    await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+
+
+@needs_sandbox
+async def test_someone_elses_pending_release_waits_then_is_recovered_once_stuck(
+    acts: ReleaseActivities, tools, kube_env
+) -> None:
+    """A pending-upgrade nobody is writing any more (its helm killed, no record of it) is left alone
+    while it may still be live, then rolled back once older than the stuck limit."""
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "stuck")
+    await env.run(acts.install, HelmInstallInput(ref, chart="webapp", timeout=60, operation_id="i"))
+    proc = start_helm_upgrade(tools, kube_env, ref, b'{"ready": false}', "someone-else")
+    await wait_status(tools, kube_env, ref, "pending-upgrade")
+    proc.kill()
+    proc.wait()
+    # Too young to be stuck, and this attempt has little time: wait, then give up (retryable).
+    acts.stuck_margin = 3600
+    young = HelmUninstallInput(ref, timeout=60)
+    quick = ActivityEnvironment()
+    quick.info = dataclasses.replace(
+        quick.info, started_time=datetime.datetime.now(datetime.UTC),
+        start_to_close_timeout=datetime.timedelta(seconds=12), schedule_to_close_timeout=None,
+    )  # fmt: skip
+    err = await app_error(quick.run(acts.uninstall, young))
+    assert (err.type, err.non_retryable) == ("OperationInProgress", False)
+    assert [h.status for h in (await env.run(acts.history, ref)).entries][-1] == "pending-upgrade"
+    # Old enough (the limit shortened to what it is now): a rollback clears it before the upgrade.
+    acts.stuck_margin = 0
+    acts._settings = dataclasses.replace(acts._settings, pending_stuck_after=0)  # type: ignore[attr-defined]
+    inp = HelmUpgradeInput(ref, chart="webapp", values={"replicaCount": 2}, timeout=60, operation_id="mine",
+                           expected_revision=2)  # fmt: skip
+    done = await env.run(acts.upgrade, inp)
+    assert done.status == "deployed"
+    statuses = [h.status for h in (await env.run(acts.history, ref)).entries]
     assert statuses == ["superseded", "pending-upgrade", "superseded", "deployed"]
     await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
 
@@ -394,20 +494,30 @@ def fake_acts(
     return ReleaseActivities(settings, Envs({"KUBECONFIG": "/k"}), runner), runner
 
 
-async def test_upgrade_of_a_release_pending_for_another_operation_is_retryable(tmp_path: Path) -> None:
+async def test_upgrade_of_a_release_pending_for_another_operation_waits_then_is_retryable(
+    tmp_path: Path,
+) -> None:
+    """A young pending revision of another operation may still be written by a live helm: the
+    attempt waits while it has time, then gives up with a retryable OperationInProgress."""
+    now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    history = json.loads(history_json((1, "deployed"), (2, "pending-upgrade")))
+    for entry in history:
+        entry["updated"] = now
     acts, runner = fake_acts(
-        {
-            "history": [(0, history_json((1, "deployed"), (2, "pending-upgrade")), "")],
-            "list": [(0, "[]", "")],
-        },
-        tmp_path,
+        {"history": [(0, json.dumps(history), "")] * 10, "list": [(0, "[]", "")]}, tmp_path
     )
     inp = HelmUpgradeInput(
         ReleaseRef("c", "demo", "ns"), chart="emu/webapp", operation_id="mine", expected_revision=1
     )
-    err = await app_error(ActivityEnvironment().run(acts.upgrade, inp))
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(
+        env.info, started_time=datetime.datetime.now(datetime.UTC),
+        start_to_close_timeout=datetime.timedelta(seconds=12), schedule_to_close_timeout=None,
+    )  # fmt: skip
+    err = await app_error(env.run(acts.upgrade, inp))
     assert (err.type, err.non_retryable) == ("OperationInProgress", False)
-    assert "upgrade" not in runner.verbs()
+    assert "upgrade" not in runner.verbs() and "rollback" not in runner.verbs()
+    assert runner.verbs().count("history") >= 2  # looked again while waiting
 
 
 async def test_install_sends_values_on_stdin_only_and_labels_the_operation(tmp_path: Path) -> None:

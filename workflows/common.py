@@ -91,10 +91,31 @@ _STATUS_RETRY = RetryPolicy(
 )
 
 
+def helm_attempt(timeout_s: int) -> timedelta:
+    """Start-to-close of one attempt of a mutating helm activity with ``--timeout timeout_s``.
+
+    Twice helm's timeout plus the margin: an attempt may first have to clear what an earlier one
+    left (uninstall a failed install, roll back a stuck upgrade) and then run its own helm call,
+    each bounded by ``timeout_s``. The activity derives helm's ``--timeout`` from the time it has
+    left, so neither step can outlive the attempt.
+    """
+    return 2 * timedelta(seconds=timeout_s) + HELM_MARGIN
+
+
+def helm_budget(timeout_s: int) -> timedelta:
+    """Upper bound of every attempt of a mutating helm activity, retries and backoff included."""
+    attempts = _HELM_RETRY.maximum_attempts
+    cap = _HELM_RETRY.maximum_interval or _HELM_RETRY.initial_interval
+    backoff = timedelta()
+    for n in range(attempts - 1):
+        backoff += min(_HELM_RETRY.initial_interval * (_HELM_RETRY.backoff_coefficient**n), cap)
+    return attempts * helm_attempt(timeout_s) + backoff
+
+
 def helm_options(timeout_s: int) -> dict[str, Any]:
     """``execute_activity`` keyword arguments for a mutating helm activity with ``--timeout timeout_s``."""
     return {
-        "start_to_close_timeout": timedelta(seconds=timeout_s) + HELM_MARGIN,
+        "start_to_close_timeout": helm_attempt(timeout_s),
         "heartbeat_timeout": HELM_HEARTBEAT,
         "retry_policy": _HELM_RETRY,
         "cancellation_type": workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -110,11 +131,13 @@ def status_options() -> dict[str, Any]:
 
 
 def poller_options(timeout_s: int, interval: float = POLL_INTERVAL) -> dict[str, Any]:
-    lifetime = timedelta(seconds=timeout_s) + HELM_MARGIN
+    # The poller lives as long as the helm activity it reports on, all of that one's retries
+    # included; the workflow cancels it as soon as helm returns, and status writes are ordered, so
+    # a poller write arriving late changes nothing.
+    budget = helm_budget(timeout_s)
     return {
-        "start_to_close_timeout": lifetime,
-        # Retries of a crashed poller must not outlive the helm call it reports on.
-        "schedule_to_close_timeout": lifetime * 2,
+        "start_to_close_timeout": budget,
+        "schedule_to_close_timeout": budget,
         "heartbeat_timeout": timedelta(seconds=max(30.0, 3 * interval)),
         "retry_policy": RetryPolicy(maximum_attempts=3, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES),
         "cancellation_type": workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -235,8 +258,17 @@ async def preflight(db_dict: DbDict | None, chart: str = "", version: str = "") 
 
 
 def operation_id(step: str) -> str:
-    """Stable id of one helm step of this run; a retried activity gets the same id (idempotency)."""
-    return f"{workflow.info().run_id}/{step}"
+    """Stable id of one helm step of this operation; a retried activity gets the same id (idempotency).
+
+    Built from the workflow id and the *first* run's id: a workflow retry or a reset starts a new run
+    of the same operation, which must recognise the release its earlier run installed or upgraded
+    (a run id would make an install fail with ReleaseNameInUse on its own release and an upgrade run
+    twice). A different operation on the same release always has another workflow id. Changing this
+    needs no ``workflow.patched``: the id only travels inside activity inputs, which replays take
+    from history.
+    """
+    info = workflow.info()
+    return f"{info.workflow_id}/{info.first_execution_run_id or info.run_id}/{step}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -283,6 +283,12 @@ async def release_lock(ref: ReleaseRef, operation: str, *, wait: bool = True) ->
 
 
 async def _shielded_release(target: str, token: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        # The workflow is being evicted from the worker's cache (its coroutine is closed outside the
+        # event loop): no command may be issued now; the run releases when it really ends.
+        return
     task = asyncio.ensure_future(_release(target, token))
     try:
         await asyncio.shield(task)
