@@ -32,6 +32,15 @@ on the environment's PATH. As a second fence for kubectl, each directory holds `
 those commands: kubectl releases that know the field (1.37 does) refuse any other plugin
 themselves; older ones ignore it, and helm never reads it, so the policy function is the fence.
 
+Every cluster ``server`` must also lie outside the worker's internal networks
+(:func:`activities.kubeconfig_policy.check_cluster_servers`: no loopback, link-local, private or
+otherwise not globally routable address, by name resolution, unless inside
+``KDUFLOW_ALLOW_PRIVATE_NETWORKS``). That check runs before credentials are stored and once per
+content hash when an environment is (re)materialised, so a document written straight into the
+store with an internal ``server`` is refused before helm or kubectl connect to it. It resolves the
+name once; kubectl and helm resolve it again when they connect (the DNS-rebinding limit written
+down in ``check_cluster_servers``).
+
 :meth:`ClusterEnvs.store_credentials` never silently replaces a cluster's different credentials
 unless asked to (``replace``); identical content is a no-op, so a retried registration converges.
 """
@@ -58,6 +67,7 @@ from temporalio.exceptions import ApplicationError
 from activities import errors, kubeconfig_policy
 from activities.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 from activities.store import Store
+from activities.url_policy import GetAddrInfo
 from kduflow.config import Settings
 from workflows import validation
 
@@ -172,10 +182,13 @@ class ClusterEnvs:
         on_materialise: Awaited with ``(env, cluster_document)`` after each (re)build of a directory,
             e.g. to write helm's repositories.yaml. If it raises, the directory is marked stale
             (rebuilt by the next ``get``) and the error propagates.
+        getaddrinfo: resolves cluster server names for the network check (default: the running
+            loop's ``getaddrinfo``; tests pass their own).
     """
 
     def __init__(self, settings: Settings, store: Store, secretbox: SecretBox | None = None,
-                 on_materialise: OnMaterialise | None = None) -> None:
+                 on_materialise: OnMaterialise | None = None, *,
+                 getaddrinfo: GetAddrInfo | None = None) -> None:
         self.settings = settings
         self.store = store
         self.secretbox = secretbox
@@ -187,6 +200,9 @@ class ClusterEnvs:
         self.allow_proxy = kubeconfig_policy.allow_proxy_of(settings)
         self._path = _safe_path(settings.helm, settings.kubectl, self.exec_plugins)
         self._kuberc = kuberc_bytes(self.exec_plugins)
+        self.getaddrinfo = getaddrinfo
+        #: cluster_uuid -> the content hash whose servers passed the network check.
+        self._servers_checked: dict[str, str] = {}
 
     def root_of(self, cluster_uuid: str) -> Path:
         return self.clusters_dir / validate_cluster_uuid(cluster_uuid)
@@ -200,10 +216,14 @@ class ClusterEnvs:
     async def get(self, cluster_uuid: str) -> ClusterEnv:
         """The cluster's environment, (re)materialised if its credentials changed.
 
+        The cluster servers pass the network check once per content hash, before the directory
+        is built or a cached environment is handed out.
+
         Raises:
             ApplicationError: ``InvalidInput`` (bad id), ``ClusterNotFound`` (no document or no
-                credentials), ``CredentialsInvalid`` (undecryptable or malformed kubeconfig); all
-                non-retryable. Store errors propagate as they are (retryable).
+                credentials), ``CredentialsInvalid`` (undecryptable or malformed kubeconfig, or a
+                server outside the allowed networks); all non-retryable. Store errors propagate as
+                they are (retryable).
         """
         validate_cluster_uuid(cluster_uuid)
         async with self._lock(cluster_uuid):
@@ -213,11 +233,12 @@ class ClusterEnvs:
                     f"cluster {cluster_uuid!r} not found in {CLUSTERS_COLLECTION}",
                     type="ClusterNotFound", non_retryable=True,
                 )
-            content = self._kubeconfig_bytes(cluster_uuid, doc)
+            config, content = self._kubeconfig(cluster_uuid, doc)
             kuberc = self._kuberc
-            digest = hashlib.sha256(
-                LAYOUT_VERSION.encode() + b"\0" + content + b"\0" + kuberc
-            ).hexdigest()
+            digest = self._digest(content)
+            if self._servers_checked.get(cluster_uuid) != digest:
+                await self._check_servers(cluster_uuid, config)
+                self._servers_checked[cluster_uuid] = digest
             root = self.root_of(cluster_uuid)
             cached = self._cache.get(cluster_uuid)
             if cached is not None and cached.content_hash == digest and await asyncio.to_thread(
@@ -245,6 +266,7 @@ class ClusterEnvs:
         validate_cluster_uuid(cluster_uuid)
         async with self._lock(cluster_uuid):
             self._cache.pop(cluster_uuid, None)
+            self._servers_checked.pop(cluster_uuid, None)
             await asyncio.to_thread(self._remove_all, cluster_uuid)
 
     async def store_credentials(
@@ -268,11 +290,13 @@ class ClusterEnvs:
 
         Raises:
             ApplicationError: ``InvalidInput`` (bad id), ``CredentialsInvalid`` (refused
-                kubeconfig), ``ClusterExists`` (different credentials and not ``replace``); all
-                non-retryable and raised before anything is written.
+                kubeconfig, or a server outside the allowed networks), ``ClusterExists``
+                (different credentials and not ``replace``); all non-retryable and raised before
+                anything is written.
         """
         validate_cluster_uuid(cluster_uuid)
         config = self._parse(kubeconfig, cluster_uuid)
+        await self._check_servers(cluster_uuid, config)
         new_fingerprint = kubeconfig_policy.fingerprint(config)
         value: Any = kubeconfig
         if self.secretbox is not None:
@@ -327,6 +351,19 @@ class ClusterEnvs:
         return parse_kubeconfig(credentials, cluster_uuid, exec_plugins=self.exec_plugins,
                                 allow_proxy=self.allow_proxy)
 
+    async def _check_servers(self, cluster_uuid: str, config: Mapping[str, Any]) -> None:
+        """The network check of the cluster servers (see the module docstring)."""
+        try:
+            await kubeconfig_policy.check_cluster_servers(
+                config, self.settings, subject=f"credentials of cluster {cluster_uuid!r}",
+                getaddrinfo=self.getaddrinfo,
+            )
+        except errors.CredentialsInvalid as err:
+            raise errors.to_application_error(err) from None
+
+    def _digest(self, content: bytes) -> str:
+        return hashlib.sha256(LAYOUT_VERSION.encode() + b"\0" + content + b"\0" + self._kuberc).hexdigest()
+
     def _stored_fingerprint(self, cluster_uuid: str, credentials: Any) -> str:
         """Fingerprint of stored credentials; "" when they cannot be decrypted or are refused."""
         try:
@@ -342,7 +379,8 @@ class ClusterEnvs:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _kubeconfig_bytes(self, cluster_uuid: str, doc: Mapping[str, Any]) -> bytes:
+    def _kubeconfig(self, cluster_uuid: str, doc: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The document's kubeconfig, checked by the policy, and its canonical bytes."""
         credentials = doc.get(CREDENTIALS_FIELD)
         if _absent(credentials):
             raise ApplicationError(
@@ -367,7 +405,7 @@ class ClusterEnvs:
                 ) from None
         config = self._parse(credentials, cluster_uuid)
         try:
-            return kubeconfig_policy.canonical_bytes(config)
+            return config, kubeconfig_policy.canonical_bytes(config)
         except yaml.YAMLError as err:
             raise ApplicationError(
                 f"credentials of cluster {cluster_uuid!r} hold a value a kubeconfig cannot carry "

@@ -20,6 +20,14 @@ Every kubeconfig first passes :func:`activities.kubeconfig_policy.check_kubeconf
 never reads a file a kubeconfig names (``tokenFile``, ``client-certificate``, ``client-key``,
 ``certificate-authority`` are refused), so it cannot be made to send a worker file to a server.
 
+Built with ``private_networks`` (the status activities pass the worker's
+``KDUFLOW_ALLOW_PRIVATE_NETWORKS``), :class:`KubeApi` resolves the server's name itself at each
+connection, judges every address with the rule of
+:func:`activities.kubeconfig_policy.check_cluster_servers`, and connects only to the addresses it
+judged: a name whose DNS answers change after the registration check (DNS rebinding) still cannot
+make it connect to an internal address. A refusal is ``CredentialsInvalid`` with that function's
+message; the addresses go to the log only.
+
 Errors are the classes of :mod:`activities.errors` (the activity boundary turns them into
 ApplicationErrors with ``to_application_error``): ``ClusterUnreachable`` (connection refused/reset,
 timeout; retryable), ``ServerError`` (5xx, 429, other unexpected answers; retryable),
@@ -34,7 +42,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import functools
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -44,11 +54,11 @@ import ssl
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from activities import errors, kubeconfig_policy
+from activities import errors, kubeconfig_policy, url_policy
 
 log = logging.getLogger(__name__)
 
@@ -317,14 +327,75 @@ def _b64(data: str, field: str) -> bytes:
         raise _error("InvalidInput", f"kubeconfig {field} is not valid base64") from None
 
 
-class _HTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS with a separate TLS server name (kubeconfig ``tls-server-name``)."""
+class _AddressRefused(Exception):
+    """The server's name resolves to an address outside the allowed networks (log text only)."""
+
+
+def _connect_within(
+    networks: tuple[url_policy.IPNetwork, ...],
+    address: tuple[str, int],
+    timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+    source_address: tuple[str, int] | None = None,
+) -> socket.socket:
+    """``socket.create_connection`` that first judges every address the name resolves to and then
+    connects only to those addresses (no second resolution between the check and the connect).
+
+    Raises:
+        _AddressRefused: an address is internal and outside ``networks``.
+        OSError: resolution or connection failed (as ``socket.create_connection`` would).
+    """
+    host, port = address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in infos]
+    problems = [p for p in (url_policy.address_problem(a, networks) for a in addresses) if p]
+    if problems:
+        raise _AddressRefused(f"{host} resolves to {', '.join(addresses)}: {'; '.join(problems)}")
+    error: OSError = OSError(f"{host} resolves to no address")
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    """HTTP whose connections go through :func:`_connect_within` when ``networks`` is given."""
 
     def __init__(
-        self, host: str, port: int | None, *, context: ssl.SSLContext, timeout: float, server_name: str | None
+        self, host: str, port: int | None, *, timeout: float,
+        networks: tuple[url_policy.IPNetwork, ...] | None = None,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        if networks is not None:
+            self._create_connection = functools.partial(_connect_within, networks)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS with a separate TLS server name (kubeconfig ``tls-server-name``), connecting through
+    :func:`_connect_within` when ``networks`` is given."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None,
+        *,
+        context: ssl.SSLContext,
+        timeout: float,
+        server_name: str | None,
+        networks: tuple[url_policy.IPNetwork, ...] | None = None,
     ) -> None:
         super().__init__(host, port, timeout=timeout, context=context)
         self._server_name = server_name
+        if networks is not None:
+            self._create_connection = functools.partial(_connect_within, networks)
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
@@ -343,6 +414,8 @@ class KubeApi(KubeApiBase):
         timeout: float = DEFAULT_TIMEOUT,
         namespace: str = "default",
         tls_server_name: str | None = None,
+        private_networks: Iterable[str | url_policy.IPNetwork] | None = None,
+        server_field: str = "clusters[0].cluster.server",
     ) -> None:
         super().__init__(namespace)
         url = urllib.parse.urlsplit(server)
@@ -364,6 +437,12 @@ class KubeApi(KubeApiBase):
         self._lock = threading.Lock()
         self._async_lock = asyncio.Lock()
         self._closed = False
+        #: None: connect wherever the server resolves; else only to public addresses or these networks.
+        self._networks: tuple[url_policy.IPNetwork, ...] | None = (
+            None if private_networks is None
+            else tuple(ipaddress.ip_network(net, strict=False) for net in private_networks)
+        )
+        self._server_field = server_field
 
     @classmethod
     def from_kubeconfig(
@@ -374,6 +453,7 @@ class KubeApi(KubeApiBase):
         timeout: float = DEFAULT_TIMEOUT,
         exec_plugins: Collection[str] | None = None,
         allow_proxy: bool | None = None,
+        private_networks: Iterable[str | url_policy.IPNetwork] | None = None,
     ) -> KubeApi:
         """Build a client for the kubeconfig's current (or named) context.
 
@@ -383,6 +463,9 @@ class KubeApi(KubeApiBase):
         leaves the exec command and ``proxy-url`` unjudged here, because this client never runs a
         plugin nor uses a proxy: such kubeconfigs raise KubeApiUnsupported and the kubectl fallback
         runs with the cluster env's kubeconfig, which ``ClusterEnvs`` checked against the settings.
+        ``private_networks`` (the worker's ``KDUFLOW_ALLOW_PRIVATE_NETWORKS``) makes every
+        connection judge the addresses it connects to (see the module docstring); ``None`` (the
+        default) connects wherever the server resolves.
 
         Raises errors.CredentialsInvalid for a refused kubeconfig, KubeApiUnsupported for exec
         users, impersonation and proxies (fall back to KubectlRawApi), errors.InvalidInput for a
@@ -399,6 +482,11 @@ class KubeApi(KubeApiBase):
             raise _error("InvalidInput", "kubeconfig has no current-context")
         ctx = _named(config.get("contexts"), str(ctx_name), "context")
         cluster = _named(config.get("clusters"), str(ctx.get("cluster")), "cluster")
+        cluster_index = next(
+            (index for index, entry in enumerate(config.get("clusters") or [])
+             if isinstance(entry, Mapping) and entry.get("name") == str(ctx.get("cluster"))),
+            0,
+        )
         user = _named(config.get("users"), str(ctx.get("user")), "user") if ctx.get("user") else {}
         if user.get("exec"):
             raise KubeApiUnsupported("kubeconfig user authenticates through an exec plugin")
@@ -438,6 +526,8 @@ class KubeApi(KubeApiBase):
             timeout=timeout,
             namespace=str(ctx.get("namespace") or "default"),
             tls_server_name=cluster.get("tls-server-name"),
+            private_networks=private_networks,
+            server_field=f"clusters[{cluster_index}].cluster.server",
         )
 
     def _new_conn(self) -> http.client.HTTPConnection:
@@ -448,8 +538,9 @@ class KubeApi(KubeApiBase):
                 context=self._ssl or ssl.create_default_context(),
                 timeout=self._timeout,
                 server_name=self._tls_server_name,
+                networks=self._networks,
             )
-        return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        return _HTTPConnection(self._host, self._port, timeout=self._timeout, networks=self._networks)
 
     def _drop_conn(self) -> None:
         if self._conn is not None:
@@ -469,6 +560,16 @@ class KubeApi(KubeApiBase):
                         self._conn.request("GET", self._base_path + path_qs, headers=self._headers)
                         resp = self._conn.getresponse()
                         body = resp.read()
+                    except _AddressRefused as exc:
+                        self._drop_conn()
+                        field = self._server_field
+                        log.warning(
+                            "kubeconfig refused: %s: %s (not in KDUFLOW_ALLOW_PRIVATE_NETWORKS)", field, exc
+                        )
+                        raise errors.CredentialsInvalid(
+                            f"kubeconfig refused: {field}: {kubeconfig_policy.SERVER_REFUSED}",
+                            details={"field": field},
+                        ) from None
                     except ssl.SSLCertVerificationError as exc:
                         self._drop_conn()
                         raise _error(

@@ -27,28 +27,48 @@ Rules:
 - Bounds: text size, nesting depth, node count (counted by an iterative walk, so YAML aliases that
   expand exponentially are caught without expanding them), string lengths; header-bound values
   (tokens, passwords, names) carry no control characters.
+- Nesting in YAML text is refused before it costs time: a text pre-scan refuses lines indented
+  deeper than :data:`MAX_INDENT` columns (compact ``- ``/``? ``/``: `` indicators count as
+  indentation) and flow collections (``[``/``{``) nested deeper than :data:`MAX_DEPTH`; the loader
+  itself then refuses, as it reads them, block and flow collections open more than
+  :data:`MAX_DEPTH` levels deep. PyYAML's scanner keeps one pending simple key per open flow level
+  and re-examines all of them for every token, so unbounded flow nesting costs quadratic time
+  before any depth check on the loaded data could run.
 
 A refusal is :class:`activities.errors.CredentialsInvalid` (non-retryable). Its message names the
 field path (``users[0].user.tokenFile``) and the rule, never a value, and is the same whether or
-not a named file exists. The module does no I/O.
+not a named file exists. :func:`check_kubeconfig` does no I/O.
+
+Where a cluster's ``server`` may point is a second, asynchronous check,
+:func:`check_cluster_servers`, because it resolves names: the host of every cluster ``server`` must
+not be, nor resolve to, a loopback, link-local, private, unspecified, multicast, reserved or
+otherwise not globally routable address (the classification of :mod:`activities.url_policy`),
+unless the address lies in one of the operator's ``KDUFLOW_ALLOW_PRIVATE_NETWORKS``. Without it, a
+caller registering a kubeconfig could make kubectl, helm and the status client connect to hosts on
+the worker's own network and read from the error what answered there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import urllib.parse
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import yaml
 
-from activities import errors
+from activities import errors, url_policy
+
+log = logging.getLogger(__name__)
 
 #: Largest kubeconfig text accepted (bytes of UTF-8).
 MAX_TEXT_BYTES = 512 * 1024
 #: Deepest nesting of mappings/lists accepted (the kubeconfig schema itself needs 8 levels).
 MAX_DEPTH = 32
+#: Deepest indentation of a YAML line accepted, in columns (compact ``- ``, ``? ``, ``: `` included).
+MAX_INDENT = 256
 #: Most mapping/list/scalar nodes accepted, counting every alias use as a copy.
 MAX_NODES = 20_000
 #: Longest ``*-data`` value (base64 certificates and keys).
@@ -131,6 +151,24 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 _PRINTABLE_KEY = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+# YAML's line breaks (a line that starts after any of them is a new line to the loader).
+_BREAKS = "\r\n\x85\u2028\u2029"
+# Indentation deeper than MAX_INDENT columns, counting the compact block indicators "- ", "? " and
+# ": " that open a nested collection on the same line. Matched from a line break (a pattern that
+# starts with a character set is searched quickly); the first line is matched separately.
+_INDENT_UNIT = rf"(?:[ \t]|[-?:](?=[ \t{_BREAKS}]|$))"
+_DEEP_FIRST_LINE = re.compile(rf"{_INDENT_UNIT}{{{MAX_INDENT + 1}}}")
+_DEEP_LINE = re.compile(rf"[{_BREAKS}]{_INDENT_UNIT}{{{MAX_INDENT + 1}}}")
+# What the flow-depth pre-scan looks at: brackets, quotes and '#'; what may precede a node (so a
+# bracket there opens a collection, a quote a quoted scalar, a '#' a comment); where a quoted
+# scalar or a comment ends.
+_FLOW_CHAR = re.compile(r"""[\[\]{}"'#]""")
+_NODE_MAY_FOLLOW = frozenset(" \t,:" + _BREAKS)
+_SKIP_TO = {
+    '"': re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL),
+    "'": re.compile(r"'(?:[^']|'')*'?"),
+    "#": re.compile(rf"[^{_BREAKS}]*"),
+}
 
 
 class _CanonicalDumper(yaml.SafeDumper):
@@ -208,8 +246,172 @@ def allow_proxy_of(settings: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where cluster servers may be (this part resolves names).
+# ---------------------------------------------------------------------------------------------
+
+#: Seconds resolving a cluster server's name may take before the kubeconfig is refused.
+RESOLVE_TIMEOUT = url_policy.DEFAULT_RESOLVE_TIMEOUT
+#: The rule a refused server breaks, as the caller reads it: never an address nor what answered.
+SERVER_REFUSED = (
+    "the server address is outside the networks the operator allows (KDUFLOW_ALLOW_PRIVATE_NETWORKS)"
+)
+
+
+async def check_cluster_servers(
+    config: Mapping[str, Any],
+    settings: Any,
+    *,
+    subject: str = "kubeconfig",
+    getaddrinfo: url_policy.GetAddrInfo | None = None,
+    resolve_timeout: float = RESOLVE_TIMEOUT,
+) -> None:
+    """Refuse a kubeconfig whose cluster ``server`` is, or resolves to, an internal address.
+
+    ``config`` is a kubeconfig :func:`check_kubeconfig` returned. The host of every
+    ``clusters[i].cluster.server`` is judged: an IP literal as it is, a name by every address
+    ``getaddrinfo`` gives for it (the running loop's by default, so the event loop is not blocked).
+    An address is refused when :func:`activities.url_policy.address_problem` finds it loopback,
+    link-local, private, unspecified, multicast, reserved or otherwise not globally routable
+    (IPv4-mapped, 6to4, NAT64 and Teredo addresses also by the IPv4 address they carry) and it lies
+    in none of ``settings.private_networks`` (``KDUFLOW_ALLOW_PRIVATE_NETWORKS``). A name that does
+    not resolve within ``resolve_timeout`` seconds is refused the same way. Public addresses pass.
+
+    The reason, with the resolved addresses, goes to this module's logger at WARNING. The error
+    names the field and says only that the address is outside the networks the operator allows,
+    identical for every reason, so it tells the caller nothing about the worker's network; nothing
+    was connected to.
+
+    Limit (check, then connect): kubectl and helm resolve the name again when they connect. A name
+    whose answers change in between (DNS rebinding: a zone with a short TTL under the caller's
+    control) passes with a public address and is then connected to at an internal one. Register
+    clusters by IP address or by names whose DNS the operator trusts; an egress firewall in front of
+    the worker closes the gap for every client. The in-process status client
+    (:class:`activities.kubeapi.KubeApi` built with ``private_networks``) has no such gap: it
+    connects only to the addresses it has just judged.
+
+    Args:
+        config: the kubeconfig as :func:`check_kubeconfig` returned it.
+        settings: the worker's settings (``private_networks``).
+        subject: how the message names the kubeconfig (e.g. ``credentials of cluster 'c1'``).
+        getaddrinfo: replaces ``asyncio.get_running_loop().getaddrinfo`` (same signature; tests).
+        resolve_timeout: seconds name resolution may take.
+
+    Raises:
+        errors.CredentialsInvalid: ``details["field"]`` is ``clusters[i].cluster.server``.
+    """
+    networks = url_policy.private_networks_of(settings)
+    verdicts: dict[str, str | None] = {}
+    for index, entry in enumerate(config.get("clusters") or ()):
+        cluster = entry.get("cluster") if isinstance(entry, Mapping) else None
+        server = cluster.get("server") if isinstance(cluster, Mapping) else None
+        key = str(server)
+        if key not in verdicts:
+            verdicts[key] = await server_problem(
+                server, networks, getaddrinfo=getaddrinfo, timeout=resolve_timeout
+            )
+        problem = verdicts[key]
+        if problem is not None:
+            field = f"clusters[{index}].cluster.server"
+            log.warning("%s refused: %s: %s (not in KDUFLOW_ALLOW_PRIVATE_NETWORKS)", subject, field, problem)
+            raise errors.CredentialsInvalid(f"{subject} refused: {field}: {SERVER_REFUSED}",
+                                            details={"field": field})
+
+
+async def server_problem(
+    server: Any,
+    private_networks: Iterable[url_policy.IPNetwork] = (),
+    *,
+    getaddrinfo: url_policy.GetAddrInfo | None = None,
+    timeout: float = RESOLVE_TIMEOUT,
+) -> str | None:
+    """Why a cluster ``server`` URL must not be connected to, or None when it may.
+
+    The text names the host and its addresses: for the worker's log only.
+    """
+    try:
+        parts = urllib.parse.urlsplit(server if isinstance(server, str) else "")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = url_policy.normalise_host(parts.hostname or "")
+    except ValueError:  # url_policy.UrlRefused included
+        return "the server is not a URL naming a host name or IP address"
+    try:
+        addresses = [str(url_policy.parse_address(host))]
+    except ValueError:
+        try:
+            addresses = await url_policy.resolve_host(host, port, getaddrinfo=getaddrinfo, timeout=timeout)
+        except url_policy.UrlRefused as why:
+            return str(why)
+    problems = [p for p in (url_policy.address_problem(a, private_networks) for a in addresses) if p]
+    if problems:
+        return f"{host} resolves to {', '.join(addresses)}: {'; '.join(problems)}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # Parsing and bounds.
 # ---------------------------------------------------------------------------------------------
+
+
+class _NestingLoader(yaml.SafeLoader):
+    """PyYAML's pure-Python safe loader, refusing collections nested too deep as it opens them.
+
+    Its scanner keeps one indentation entry per open block collection and one flow level per open
+    flow collection; both are checked each time one grows, so a document is refused at the first
+    collection more than ``MAX_DEPTH + 1`` levels down, before the scanner's per-token work on every
+    pending flow level adds up. One level looser than the depth bound on the loaded data (an empty
+    collection at depth ``MAX_DEPTH`` is accepted there), so this fence never refuses a kubeconfig
+    that bound would accept.
+    """
+
+    def add_indent(self, column: int) -> bool:
+        added = bool(super().add_indent(column))
+        if added:
+            self._check_nesting()
+        return added
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        super().fetch_flow_collection_start(token_class)
+        self._check_nesting()
+
+    def _check_nesting(self) -> None:
+        if len(self.indents) + self.flow_level > MAX_DEPTH + 1:
+            raise _Refusal("", f"YAML does not parse: nested deeper than {MAX_DEPTH} levels")
+
+
+def _prescan(text: str) -> None:
+    """Refuse deeply nested YAML text by a linear scan, before the loader sees it.
+
+    Two cheap measures of nesting: the indentation of each line (compact ``- ``, ``? ``, ``: ``
+    indicators counted, as each opens a block collection) against :data:`MAX_INDENT`, and the
+    depth of flow collections against the loader's bound. The flow depth is approximate: a ``[``
+    or ``{`` counts where a node may start (at the start of the text or of a line, after
+    whitespace, ``,``, ``:`` or a bracket that counted), a quoted scalar or a comment starting
+    there is skipped, and a closing bracket counts anywhere else. It is a fast path, not the
+    fence: what it lets through, :class:`_NestingLoader` refuses exactly.
+    """
+    if _DEEP_FIRST_LINE.match(text) or _DEEP_LINE.search(text):
+        raise _Refusal("", f"YAML does not parse: a line is indented deeper than {MAX_INDENT} columns")
+    depth = 0
+    pos = 0
+    last_open = -2
+    while (found := _FLOW_CHAR.search(text, pos)) is not None:
+        at = found.start()
+        char = text[at]
+        pos = at + 1
+        if char in "]}":
+            depth = max(depth - 1, 0)
+            continue
+        before = text[at - 1] if at else "\n"
+        if not (before in _NODE_MAY_FOLLOW or (before in "[{" and at - 1 == last_open)):
+            continue  # inside a plain scalar, or right after a quoted one
+        if char in "[{":
+            last_open = at
+            depth += 1
+            if depth > MAX_DEPTH + 1:  # the loader's bound (see _NestingLoader)
+                raise _Refusal("", f"YAML does not parse: nested deeper than {MAX_DEPTH} levels")
+        else:
+            skipped = _SKIP_TO[char].match(text, at)  # matches at least the opening character
+            pos = skipped.end() if skipped else pos
 
 
 def _load(credentials: Any) -> Any:
@@ -223,9 +425,12 @@ def _load(credentials: Any) -> Any:
     if isinstance(credentials, str):
         if len(credentials) > MAX_TEXT_BYTES or len(credentials.encode("utf-8", "replace")) > MAX_TEXT_BYTES:
             raise _Refusal("", f"larger than {MAX_TEXT_BYTES // 1024} KiB")
+        _prescan(credentials)
         try:
-            # The pure-Python SafeLoader: its recursion ends in a RecursionError on deep nesting.
-            config = yaml.safe_load(credentials)
+            # A SafeLoader subclass (pure Python): safe tags only, nesting refused as it is read.
+            config = yaml.load(credentials, Loader=_NestingLoader)
+        except _Refusal:
+            raise
         except yaml.MarkedYAMLError as err:
             mark = err.problem_mark or err.context_mark
             where = f" at line {mark.line + 1}" if mark is not None else ""

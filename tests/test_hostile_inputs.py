@@ -68,7 +68,7 @@ from tests.support.hostile import (
     store_diff,
     to_yaml,
 )
-from tests.support.sandbox import sandbox_cluster
+from tests.support.sandbox import LOOPBACK_NETWORKS, sandbox_cluster
 from workflows.cluster_models import schedule_id_for
 
 pytestmark = pytest.mark.e2e
@@ -573,7 +573,8 @@ async def stack(chart_repo_factory, tmp_path_factory) -> AsyncIterator[Stack]:
     try:
         with sandbox_cluster(ready_delay=0.2) as cluster:
             settings = Settings.from_env(
-                {}, helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state
+                {}, helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state,
+                private_networks=LOOPBACK_NETWORKS,
             )
             store = Store.open(settings)
             await store.insert_one("k8srepos", {"_id": REPO_ID, "name": REPO_NAME, "url": repo.url,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import stat
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,10 +19,11 @@ import pytest_asyncio
 import yaml
 from temporalio.exceptions import ApplicationError
 
-from activities import errors
+from activities import errors, kubeconfig_policy
 from activities.cluster_env import ClusterEnvs, kuberc_bytes
 from activities.clusters import ClusterActivities
 from activities.kubeconfig_policy import (
+    MAX_DEPTH,
     MAX_NODES,
     canonical_bytes,
     check_kubeconfig,
@@ -267,6 +270,113 @@ def test_canonical_form_and_fingerprint() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Deep nesting in YAML text is refused in linear time (the loader's scanner is quadratic in it).
+# ---------------------------------------------------------------------------------------------
+
+LEVELS = 10_000
+KUBECONFIG_TEXT = yaml.safe_dump(base(), sort_keys=False)
+
+
+def refusal_seconds(text: str) -> tuple[float, str]:
+    """The fastest of three refusals of ``text`` and its message."""
+    best = float("inf")
+    message = ""
+    for _ in range(3):
+        started = time.perf_counter()
+        with pytest.raises(errors.CredentialsInvalid) as info:
+            check_kubeconfig(text)
+        best = min(best, time.perf_counter() - started)
+        message = info.value.message
+    return best, message
+
+
+def deep(preferences: str) -> str:
+    """A valid kubeconfig text followed by ``preferences`` (YAML text)."""
+    return KUBECONFIG_TEXT + "preferences:" + preferences + "\n"
+
+
+OPEN, CLOSE = "[" * LEVELS, "]" * LEVELS
+DEEP_TEXTS = [
+    pytest.param(deep("\n  deep: " + OPEN + CLOSE), id="flow-sequences"),
+    pytest.param(deep(" {deep: " + "{a: " * LEVELS + "1" + "}" * LEVELS + "}"), id="flow-mappings"),
+    pytest.param(deep("\n  deep: " + "[&a " * LEVELS + CLOSE), id="flow-with-anchors"),
+    pytest.param(KUBECONFIG_TEXT + "--- " + OPEN + CLOSE + "\n", id="flow-after-document-start"),
+    pytest.param(deep("\n  deep:\n  " + "- " * LEVELS + "x"), id="block-sequences-compact"),
+    pytest.param(deep("\n  deep:\n  " + "? " * LEVELS + "x"), id="block-keys-compact"),
+    # 10 000 indented levels would be 50 MB (refused by size); as deep as 512 KiB allows.
+    pytest.param("".join(" " * i + "a:\n" for i in range(1_000)), id="block-mappings-indented"),
+    pytest.param("a:\r" + "".join(" " * i + "a:\r" for i in range(1, 400)), id="block-cr-line-breaks"),
+]
+
+
+@pytest.mark.parametrize("text", DEEP_TEXTS)
+def test_deep_nesting_is_refused_in_well_under_100_ms(text: str) -> None:
+    seconds, message = refusal_seconds(text)
+    assert "YAML does not parse" in message and ("nested deeper" in message or "indented deeper" in message)
+    assert seconds < 0.05, f"{seconds * 1000:.1f} ms"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A quote inside a plain scalar looks like the start of a quoted one to the pre-scan.
+        pytest.param(deep("\n  deep: [a 'x " + OPEN + CLOSE + "]"), id="quote-inside-a-plain-scalar"),
+        pytest.param(deep("\n  deep: [a" + OPEN + CLOSE + "]"), id="brackets-right-after-a-plain-scalar"),
+    ],
+)
+def test_the_loader_refuses_what_the_text_pre_scan_misses(text: str) -> None:
+    kubeconfig_policy._prescan(text)  # passes the approximate pre-scan...
+    seconds, message = refusal_seconds(text)  # ...and is refused by the loader as it reads it
+    assert f"nested deeper than {MAX_DEPTH} levels" in message
+    assert seconds < 0.05, f"{seconds * 1000:.1f} ms"
+
+
+def nested_extension(levels: int) -> dict[str, Any]:
+    """base() whose deepest node (an empty mapping) is at depth 3 + levels."""
+    return {**base(), "extensions": [{"name": "e", "extension": nested_dict(levels)}]}
+
+
+@pytest.mark.parametrize("flow", [False, True], ids=["block", "flow"])
+def test_nesting_up_to_the_bound_is_accepted_as_text(flow: bool) -> None:
+    at_bound = nested_extension(MAX_DEPTH - 3)
+    assert check_kubeconfig(yaml.safe_dump(at_bound, default_flow_style=flow)) == at_bound
+    beyond = yaml.safe_dump(nested_extension(MAX_DEPTH - 2), default_flow_style=flow)
+    with pytest.raises(errors.CredentialsInvalid, match="nested deeper"):
+        check_kubeconfig(beyond)
+
+
+HOSTILE_SCALARS = ["[", "{", "]", "}", "'", '"', "#", ": ", ", ", " #", "[[", "{{", "\\", "- ", "? ",
+                   "|", ">"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_pre_scan_accepts_strings_full_of_yaml_indicators(seed: int) -> None:
+    """Tokens, passwords, names and extensions made of brackets, quotes and comment signs (as
+    yaml.safe_dump writes them, block and flow style) are data, not nesting."""
+    rng = random.Random(seed)
+
+    def text(length: int, lines: bool = False) -> str:
+        pieces = HOSTILE_SCALARS + ["a", "b", "1"] + (["\n", "\n  "] if lines else [])
+        return "".join(rng.choice(pieces) for _ in range(length))
+
+    config = base()
+    config["users"][0]["user"] = {"username": text(60), "password": text(200)}
+    config["clusters"][0]["cluster"]["extensions"] = [  # opaque: may hold line breaks
+        {"name": text(20), "extension": {text(10, True): [text(30, True), {text(5): text(40, True)}] * 5}}
+    ]
+    config["contexts"][0]["context"]["namespace"] = text(30)
+    for flow in (False, True, None):
+        dumped = yaml.safe_dump(config, default_flow_style=flow, width=rng.choice([40, 80, 10_000]))
+        assert check_kubeconfig(dumped) == config
+
+
+def test_a_token_of_brackets_is_data() -> None:
+    config = with_user(token="a" + "[" * 200 + "{" * 200)
+    for flow in (False, True):
+        assert check_kubeconfig(yaml.safe_dump(config, default_flow_style=flow)) == config
+
+
+# ---------------------------------------------------------------------------------------------
 # Settings: KDUFLOW_EXEC_PLUGINS and KDUFLOW_ALLOW_KUBECONFIG_PROXY take effect.
 # ---------------------------------------------------------------------------------------------
 
@@ -287,6 +397,8 @@ def settings_from_env(tmp_path: Path, tools: HelmTools, **variables: str) -> Set
         "KDUFLOW_HELM": str(tools.helm),
         "KDUFLOW_KUBECTL": str(tools.kubectl),
         "KDUFLOW_STATE_DIR": str(tmp_path / f"state-{uuid.uuid4().hex[:6]}"),
+        # The test kubeconfigs name servers in 10.0.0.0/8; the sandbox runs on loopback.
+        "KDUFLOW_ALLOW_PRIVATE_NETWORKS": ",".join((*sandbox_support.LOOPBACK_NETWORKS, "10.0.0.0/8")),
         **variables,
     }
     return Settings.from_env(environ)
@@ -344,7 +456,8 @@ async def test_bare_name_plugins_are_on_the_cluster_path(tmp_path: Path, store: 
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
     tools = helm_tools("helm4")
     settings = Settings(helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path / "w",
-                        exec_plugins=("kduflow-test-auth", "/abs/other-plugin", "not-installed-anywhere"))
+                        exec_plugins=("kduflow-test-auth", "/abs/other-plugin", "not-installed-anywhere"),
+                        private_networks=("10.0.0.0/8",))
     envs = ClusterEnvs(settings, store)
     await envs.store_credentials("c-path", base())
     env = await envs.get("c-path")
@@ -388,7 +501,7 @@ def plugin_kubeconfig(cluster: SandboxCluster, plugin: str, marker: Path) -> dic
 def activities_for(tools: HelmTools, store: Store, state_dir: Path,
                    exec_plugins: tuple[str, ...] = ()) -> ClusterActivities:
     settings = Settings(helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state_dir,
-                        exec_plugins=exec_plugins)
+                        exec_plugins=exec_plugins, private_networks=sandbox_support.LOOPBACK_NETWORKS)
     return ClusterActivities(settings, ClusterEnvs(settings, store), store)
 
 
@@ -463,7 +576,8 @@ async def test_kuberc_makes_kubectl_refuse_other_plugins(
     hostile = write_plugin(tmp_path / "bin", "hostile-auth")
     plugins = (str(allowed),) if allowlist == "other-plugin" else ()
     envs = ClusterEnvs(Settings(helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path / "w",
-                                exec_plugins=plugins), store)
+                                exec_plugins=plugins, private_networks=sandbox_support.LOOPBACK_NETWORKS),
+                       store)
     await envs.store_credentials("c-kuberc", sandbox.kubeconfig())
     env = await envs.get("c-kuberc")
     assert Path(env.env["KUBERC"]).read_bytes() == kuberc_bytes(plugins)

@@ -24,6 +24,7 @@ from kduflow.config import Settings
 from tests.conftest import HelmTools
 from tests.support import charts
 from tests.support.charts import ChartRepoServer, free_port
+from tests.support.sandbox import LOOPBACK_NETWORKS
 from workflows.cluster_models import ClusterRef, RecordSyncInput, RepoRef, RepoUpdateInput, SyncReposResult
 
 chart_repo_factory = charts.chart_repo_factory
@@ -69,7 +70,8 @@ class Worker:
 
 def make_worker(tools: HelmTools, store: Store, state_dir: Path, secret_key: str = "", **kw: Any) -> Worker:
     settings = Settings(
-        helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state_dir, secret_key=secret_key
+        helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state_dir, secret_key=secret_key,
+        private_networks=LOOPBACK_NETWORKS,
     )
     runner = RecordingRunner()
     repos = RepoActivities(settings, None, store, runner, **kw)
@@ -334,6 +336,7 @@ async def test_stable_repository(
         kubectl=str(tools.kubectl),
         state_dir=tmp_path / "w1",
         stable_repo_url=chart_repo_server.url,
+        private_networks=LOOPBACK_NETWORKS,
     )
     repos = RepoActivities(settings, None, store)
     repos.envs = ClusterEnvs(settings, store, None, on_materialise=repos.materialise)
@@ -444,6 +447,7 @@ async def test_stable_repository_url_with_credentials_is_refused(
         kubectl=str(tools.kubectl),
         state_dir=tmp_path / "w1",
         stable_repo_url=f"http://stable:{PASSWORD}@127.0.0.1:{free_port()}/charts",
+        private_networks=LOOPBACK_NETWORKS,
     )
     runner = RecordingRunner()
     repos = RepoActivities(settings, None, store, runner)

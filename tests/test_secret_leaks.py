@@ -68,7 +68,7 @@ from tests.support.leaks import (
     scan_message,
     scan_store_dump,
 )
-from tests.support.sandbox import sandbox_cluster
+from tests.support.sandbox import LOOPBACK_NETWORKS, sandbox_cluster
 from workflows.cluster_models import (
     InitClusterInput,
     InitClusterResult,
@@ -204,6 +204,7 @@ async def run_scenario(
             charts_dir=charts_dir,
             poll_interval=0.5,
             secret_key=key,
+            private_networks=LOOPBACK_NETWORKS,
         )
         store = Store.open(settings)
         try:

@@ -25,6 +25,10 @@ from sandbox import SandboxCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: ``Settings(private_networks=...)`` for every test that registers a cluster on loopback (the
+#: sandbox, the status test servers): cluster servers outside these networks must be public.
+LOOPBACK_NETWORKS: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
 
 @contextmanager
 def sandbox_cluster(**kw: Any) -> Iterator[SandboxCluster]:
