@@ -457,6 +457,10 @@ class StatusInput:
     error: str = ""
     #: Phase to record in the structured sub-document ("completed", "failed", "rolled-back", ...).
     phase: str = ""
+    #: Ordering base of this write (ms; the workflow's time when it built this input). With a base
+    #: the write is ordered: a write older than the one the document holds changes nothing (see
+    #: ``activities/status.py``). 0 (inputs from before ordering existed) = unconditional write.
+    seq_base: int = 0
 
 
 @dataclass
@@ -479,6 +483,8 @@ class PollStatusInput:
     db_dict: DbDict
     operation: str
     interval: float = 5.0
+    #: Ordering base of the poller's writes, as ``StatusInput.seq_base`` (0 = unconditional writes).
+    seq_base: int = 0
 
 
 # --------------------------------------------------------------------------------------------

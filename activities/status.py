@@ -22,13 +22,28 @@ What MongoDB gets, under ``db_dict.path`` (OSM's four fields plus one sub-docume
 * ``status-time`` -- ``str(time.time())``, like OSM
 * ``kduflow`` -- ``{phase, operation, release_status, revision, chart, app_version, released, ready,
   ready_resources, total_resources, not_ready: [{kind, name, namespace, state, reason}] (<= 10),
-  not_ready_count, last_error, observed_at}``.
+  not_ready_count, last_error, observed_at, seq}`` (``seq`` only on ordered writes, below).
 
 ``phase`` uses a Flux-like vocabulary (:data:`PHASES`): "pending", "installing", "upgrading",
 "scaling", "rolling-back", "uninstalling" while an operation runs; "progressing" (released, resources
 not ready yet), "ready", "degraded" (released but a resource failed, e.g. CrashLoopBackOff),
 "failed", "absent", "uninstalled", "unknown"; or the phase a workflow states in ``StatusInput.phase``
 ("completed", "rolled-back", ...).
+
+Ordered writes. A poll write can land after the final write (cancelling the poller does not stop a
+store call already running; a retried poller or a slow worker writes late; workers share no clock
+or queue). So a write whose input carries ``seq_base`` carries a sequence number, recorded at
+``<path>.kduflow.seq``, and its filter matches the document only while the recorded one is lower
+or absent: a write older than the one in place matches nothing and changes nothing, on any thread,
+worker or retry, without waiting. ``seq = seq_base * SEQ_SPAN + counter``: ``seq_base`` is the
+workflow's time in ms when it built the input, so a later status step of a workflow (the rollback
+after a failed upgrade) and the next operation on the release (which builds its inputs only once
+this one has released the release lock, after its final write) get larger bases. The counter orders the
+writes of one input: the poller's count up within an attempt, a later attempt above an earlier one;
+``kdu.status`` counts above every poll, a later attempt above an earlier one (its retry replaces
+the "status unavailable" record a failed attempt wrote). Documents written before ordering existed
+have no ``seq`` and accept the first ordered write; an unordered write (an input without
+``seq_base``) replaces the sub-document, ``seq`` included, as writes always did.
 """
 
 from __future__ import annotations
@@ -36,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import enum
 import hashlib
 import json
 import logging
@@ -49,9 +65,16 @@ import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import errors
+from activities import errors, kubeconfig_policy
 from activities.cluster_env import ClusterEnv, ClusterEnvs
-from activities.kubeapi import KubeApi, KubeApiBase, KubeApiUnsupported, KubectlRawApi, KubeNotFound
+from activities.kubeapi import (
+    KubeApi,
+    KubeApiBase,
+    KubeApiUnsupported,
+    KubectlRawApi,
+    KubeNotFound,
+    load_kubeconfig,
+)
 from activities.models import (
     ACTIVITY_NAMES,
     DbDict,
@@ -104,6 +127,18 @@ MIN_POLL_INTERVAL = 0.2
 #: worker for nothing. They count as present (helm created them or the install failed).
 UNFETCHED_KINDS = frozenset({"Secret", "ConfigMap"})
 
+#: Sequence numbers of ordered writes (module docstring): seq = base * SEQ_SPAN + counter, where a
+#: poll's counter is attempt * POLL_ATTEMPT_SPAN + its write number in that attempt (both capped,
+#: so polls stay below FINAL_SEQ) and kdu.status's counter is FINAL_SEQ + attempt. Polls past the
+#: caps (9,999 writes in one poller attempt, attempt 89) reuse the capped numbers, so a write that
+#: is not above the recorded seq is refused until the next status step.
+SEQ_SPAN = 1_000_000
+POLL_ATTEMPT_SPAN = 10_000
+MAX_POLL_ATTEMPT = 89
+FINAL_SEQ = 900_000
+#: The largest base whose sequence numbers fit MongoDB's int64 (ms: the year 2262).
+MAX_SEQ_BASE = (2**63 - 1) // SEQ_SPAN - 1
+
 _RELEASE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -123,6 +158,24 @@ def validate_ref(ref: ReleaseRef, field: str = "ref") -> None:
     ns = ref.namespace
     if not isinstance(ns, str) or (ns and (len(ns) > 63 or not _NAMESPACE.match(ns))):
         raise _invalid(f"{field}.namespace", f"{ns!r} is not a valid namespace")
+
+
+def validate_seq_base(value: Any, field: str = "seq_base") -> int:
+    """An ordering base: an integer in [0, MAX_SEQ_BASE] (0 = unordered writes)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ_BASE:
+        raise _invalid(field, f"must be an integer from 0 to {MAX_SEQ_BASE}")
+    return value
+
+
+def poll_seq(base: int, attempt: int, write: int) -> int:
+    """The sequence number of a poller's ``write``-th write (from 1) in activity ``attempt``."""
+    attempt = min(max(attempt, 1), MAX_POLL_ATTEMPT)
+    return base * SEQ_SPAN + attempt * POLL_ATTEMPT_SPAN + min(max(write, 1), POLL_ATTEMPT_SPAN - 1)
+
+
+def final_seq(base: int, attempt: int) -> int:
+    """The sequence number of ``kdu.status``'s write in activity ``attempt``: above every poll."""
+    return base * SEQ_SPAN + FINAL_SEQ + min(max(attempt, 1), SEQ_SPAN - FINAL_SEQ - 1)
 
 
 def validate_db_dict(
@@ -263,7 +316,7 @@ def status_digest(update: Mapping[str, Any]) -> str:
         if key.endswith(".status-time"):
             continue
         if key.endswith(".kduflow") and isinstance(value, Mapping):
-            value = {k: v for k, v in value.items() if k != "observed_at"}
+            value = {k: v for k, v in value.items() if k not in ("observed_at", "seq")}
         stable[key] = value
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -335,6 +388,18 @@ def _selector_string(selector: Mapping[str, Any]) -> str | None:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None
 
 
+class WriteOutcome(enum.Enum):
+    """What a status write did; true only for WRITTEN."""
+
+    WRITTEN = "written"
+    #: Ordered write refused: the document holds a write at least as new (nothing changed).
+    STALE = "stale"
+    NO_DOCUMENT = "no-document"
+
+    def __bool__(self) -> bool:
+        return self is WriteOutcome.WRITTEN
+
+
 class StatusActivities:
     """The ``kdu.status`` and ``kdu.poll_status`` activities, with their API clients cached per cluster.
 
@@ -354,7 +419,11 @@ class StatusActivities:
         self.helm_driver = helm_driver
         self._clients: dict[str, tuple[str, KubeApiBase]] = {}
         self._client_lock = asyncio.Lock()
+        #: cluster_uuid -> the content hash whose servers passed the network check.
+        self._servers_checked: dict[str, str] = {}
         self._release_cache = ReleaseCache(256)
+        #: Ordered writes refused as stale since start (a newer write was in place).
+        self.stale_writes = 0
         self._inventory_cache: collections.OrderedDict[tuple[str, str, int, int], list[ObjRef]] = (
             collections.OrderedDict()
         )
@@ -364,8 +433,13 @@ class StatusActivities:
     async def api_for(self, cluster_uuid: str, *, refresh: bool = False) -> KubeApiBase:
         """The cached API client of a cluster, rebuilt when its credentials changed.
 
+        Before a client is built, the kubeconfig's cluster servers pass the network check
+        (:func:`activities.kubeconfig_policy.check_cluster_servers`), once per cluster and content
+        hash; the :class:`KubeApi` client then judges the addresses again at each connection.
+
         Raises the ApplicationErrors of ``ClusterEnvs.get`` (ClusterNotFound, CredentialsInvalid,
-        InvalidInput) and errors.InvalidInput for a malformed kubeconfig.
+        InvalidInput), ApplicationError ``CredentialsInvalid`` for a server outside the allowed
+        networks, and errors.InvalidInput for a malformed kubeconfig.
         """
         async with self._client_lock:
             cached = self._clients.get(cluster_uuid)
@@ -374,15 +448,37 @@ class StatusActivities:
             env = await self.envs.get(cluster_uuid)
             if cached is not None and cached[0] == env.content_hash:
                 return cached[1]
+            await self._check_servers(env)
             api = self._make_api(env)
             if cached is not None:
                 await cached[1].close()
             self._clients[cluster_uuid] = (env.content_hash, api)
             return api
 
+    async def _check_servers(self, env: ClusterEnv) -> None:
+        """The network check of the cluster servers, before any client connects (the kubectl
+        fallback included); its verdict is kept per cluster and content hash."""
+        if self._servers_checked.get(env.cluster_uuid) == env.content_hash:
+            return
+        try:
+            config = kubeconfig_policy.check_kubeconfig(
+                await asyncio.to_thread(load_kubeconfig, env.kubeconfig), exec_plugins=None, allow_proxy=True
+            )
+            await kubeconfig_policy.check_cluster_servers(
+                config,
+                self.settings,
+                subject=f"credentials of cluster {env.cluster_uuid!r}",
+                getaddrinfo=getattr(self.envs, "getaddrinfo", None),
+            )
+        except (errors.CredentialsInvalid, errors.InvalidInput) as err:
+            raise errors.to_application_error(err) from None
+        self._servers_checked[env.cluster_uuid] = env.content_hash
+
     def _make_api(self, env: ClusterEnv) -> KubeApiBase:
         try:
-            return KubeApi.from_kubeconfig(env.kubeconfig)
+            return KubeApi.from_kubeconfig(
+                env.kubeconfig, private_networks=getattr(self.settings, "private_networks", ())
+            )
         except KubeApiUnsupported as exc:
             # Exec/auth-provider credentials: let kubectl run the plugin (a process per request).
             log.info("cluster %s: %s; status reads go through kubectl", env.cluster_uuid, exc)
@@ -536,19 +632,47 @@ class StatusActivities:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def write_status(self, db: DbDict, update: Mapping[str, Any]) -> bool:
-        """``$set`` the update on ``db.filter`` in ``db.collection``; False (logged) when no document
-        matched. The target is checked against the policy before every write. Store errors
-        propagate (retryable)."""
+    async def write_status(
+        self, db: DbDict, update: Mapping[str, Any], *, seq: int | None = None
+    ) -> WriteOutcome:
+        """``$set`` the update on ``db.filter`` in ``db.collection``.
+
+        With ``seq`` the write is ordered (module docstring): ``seq`` is recorded at
+        ``<path>.kduflow.seq`` and the filter also requires the recorded one to be lower or absent.
+        Returns WRITTEN; STALE (logged at debug, counted in ``stale_writes``) when the document
+        holds a write at least as new; NO_DOCUMENT (logged) when no document matches ``db.filter``
+        (told apart from STALE by one more find, only when nothing matched). The target is checked
+        against the policy before every write. Store errors propagate (retryable).
+        """
         db = validate_db_dict(db, self.settings.status_collections)
-        matched = await self.store.update_one(db.collection, dict(db.filter), {"$set": dict(update)})
-        if not matched:
-            # Filter values can be anything a caller chose: log the field names only.
-            log.warning(
-                "status write: no document in %s matches the filter on %s",
-                db.collection, ", ".join(sorted(db.filter)),
-            )
-        return bool(matched)
+        filter: dict[str, Any] = dict(db.filter)
+        fields = dict(update)
+        if seq is not None:
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < 2**63:
+                raise _invalid("seq", "must be an integer that fits 64 bits")
+            prefix = db.path.strip(".")
+            sub_key, seq_key = f"{prefix}.kduflow", f"{prefix}.kduflow.seq"
+            sub = fields.get(sub_key)
+            if isinstance(sub, Mapping):
+                fields[sub_key] = {**sub, "seq": seq}
+            else:
+                fields[seq_key] = seq
+            # Added after validation, which admits plain field names only: the caller's filter can
+            # hold no operator, and this is the one key of the filter that is one.
+            filter["$or"] = [{seq_key: {"$lt": seq}}, {seq_key: {"$exists": False}}]
+        matched = await self.store.update_one(db.collection, filter, {"$set": fields})
+        if matched:
+            return WriteOutcome.WRITTEN
+        if seq is not None and await self.store.find_one(db.collection, dict(db.filter), {"_id": 1}):
+            self.stale_writes += 1
+            log.debug("status write with seq %d refused: %s holds one at least as new", seq, db.collection)
+            return WriteOutcome.STALE
+        # Filter values can be anything a caller chose: log the field names only.
+        log.warning(
+            "status write: no document in %s matches the filter on %s",
+            db.collection, ", ".join(sorted(db.filter)),
+        )
+        return WriteOutcome.NO_DOCUMENT
 
     # -- activities --------------------------------------------------------------------------
 
@@ -565,6 +689,8 @@ class StatusActivities:
         validate_ref(input.ref)
         if input.db_dict is not None:
             validate_db_dict(input.db_dict, self.settings.status_collections)
+        base = validate_seq_base(input.seq_base)
+        seq = final_seq(base, activity.info().attempt) if base else None
         # A one-shot call re-reads the credentials (they may have been rotated since the last use).
         api = await self.api_for(input.ref.cluster_uuid, refresh=True)
         try:
@@ -585,7 +711,7 @@ class StatusActivities:
                     phase=input.phase or "unknown",
                     error=message,
                 )
-                await self.write_status(input.db_dict, update)
+                await self.write_status(input.db_dict, update, seq=seq)
             raise errors.to_application_error(err) from None
         if input.db_dict is not None:
             phase = input.phase
@@ -594,22 +720,26 @@ class StatusActivities:
             update = build_status_update(
                 input.db_dict.path, input.operation, result, phase=phase, error=input.error
             )
-            await self.write_status(input.db_dict, update)
+            await self.write_status(input.db_dict, update, seq=seq)
         return result
 
     @activity.defn(name=ACTIVITY_NAMES["poll_status"])
     async def poll_status(self, input: PollStatusInput) -> None:
         """Observe every ``interval`` seconds and write on change, until cancelled.
 
-        Heartbeats every loop with ``{polls, writes, errors, phase, requests}`` (requests = API
-        requests of the last poll). Transient failures (API, store) are logged at debug, counted
-        and retried on the next tick; nothing is written for a failed observation. Re-raises
-        CancelledError. Schedule with a heartbeat timeout larger than ``interval``.
+        Heartbeats every loop with ``{polls, writes, stale, errors, phase, requests}`` (requests =
+        API requests of the last poll; stale = ordered writes refused because a newer one was in
+        place, e.g. the final write of the operation). Transient failures (API, store) are logged
+        at debug, counted and retried on the next tick; nothing is written for a failed
+        observation. Re-raises CancelledError. Schedule with a heartbeat timeout larger than ``interval``.
         """
         validate_ref(input.ref)
         validate_db_dict(input.db_dict, self.settings.status_collections)
+        base = validate_seq_base(input.seq_base)
+        attempt = activity.info().attempt
         interval = max(float(input.interval), MIN_POLL_INTERVAL)
-        polls = writes = failures = 0
+        polls = writes = stale = failures = 0
+        sent = 0  # write attempts of this activity attempt: the counter of their seq
         last_digest = ""
         phase = ""
         refresh = True  # re-read the credentials once per activity, then on CredentialsInvalid
@@ -629,9 +759,15 @@ class StatusActivities:
                     phase = update[f"{input.db_dict.path.strip('.')}.kduflow"]["phase"]
                     digest = status_digest(update)
                     if digest != last_digest:
-                        await self.write_status(input.db_dict, update)
+                        sent += 1
+                        seq = poll_seq(base, attempt, sent) if base else None
+                        outcome = await self.write_status(input.db_dict, update, seq=seq)
+                        # A stale write is not retried: a newer one is in place.
                         last_digest = digest
-                        writes += 1
+                        if outcome is WriteOutcome.STALE:
+                            stale += 1
+                        else:
+                            writes += 1
                 except (errors.KduflowError, ApplicationError, KubeNotFound, OSError) as exc:
                     failures += 1
                     log.debug("poll %d of %s failed: %s", polls, input.ref.kdu_instance, exc)
@@ -646,6 +782,7 @@ class StatusActivities:
                     {
                         "polls": polls,
                         "writes": writes,
+                        "stale": stale,
                         "errors": failures,
                         "phase": phase,
                         "requests": requests,

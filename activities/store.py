@@ -10,9 +10,13 @@ event loop:
 
 - montydb: exactly one thread. A montydb client must stay on the thread that created it (sqlite3
   refuses cross-thread use), and its updates are read-modify-write of the whole document, so one
-  thread also serialises concurrent updates of one document (nothing is lost). One process only:
-  two processes updating one document lose updates; run several workers against a real MongoDB.
-- pymongo: a few threads (pymongo is thread-safe and MongoDB applies each update atomically).
+  thread also serialises concurrent updates of one document (nothing is lost). Several processes
+  (worker processes on one machine sharing ``<state_dir>/store``) are serialised by an advisory
+  file lock (``flock`` on ``<state_dir>/store/kduflow.lock``) held around each write, on the store's
+  thread, for that one operation only; without it two processes updating one document lose
+  updates. Reads take no lock: SQLite shows them a committed state.
+- pymongo: a few threads and no file lock (pymongo is thread-safe and MongoDB applies each update
+  atomically).
 
 Errors of the driver (``pymongo.errors.PyMongoError``, e.g. ``ServerSelectionTimeoutError``) are
 not translated: to Temporal they are ordinary, retryable activity failures.
@@ -21,11 +25,14 @@ not translated: to Temporal they are ordinary, retryable activity failures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import fcntl
 import functools
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +48,8 @@ T = TypeVar("T")
 #: MongoDB outage surfaces as a failed activity attempt instead of a 30 s hang per call.
 SERVER_SELECTION_TIMEOUT_MS = 5000
 PYMONGO_THREADS = 4
+#: The advisory lock file of an embedded store, inside its directory.
+LOCK_FILE = "kduflow.lock"
 
 
 class StoreClosed(RuntimeError):
@@ -79,6 +88,37 @@ def monty_client_factory(repository: Path) -> Callable[[], Any]:
     return factory
 
 
+class FileLock:
+    """An exclusive advisory lock (``flock``) on one file, shared by every process that opens it.
+
+    Used from the store's single thread only; the file is opened on first use (mode 0600, its
+    directory created with mode 0700) and kept open until :meth:`close`. ``flock`` locks belong to
+    the open file description, so two stores of one process on one directory also exclude each
+    other. The lock is released when the holder's process dies, so a crashed worker leaves none.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock for the duration of the block (blocks the calling thread until free)."""
+        if self._fd is None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Store:
     """Async MongoDB-like store. Build with :meth:`open`; close with :meth:`close`.
 
@@ -87,8 +127,12 @@ class Store:
     """
 
     def __init__(self, client_factory: Callable[[], Any], db_name: str, *, threads: int = 1,
-                 description: str = "") -> None:
+                 description: str = "", lock_path: Path | None = None) -> None:
         """Create the executor and the client on its thread (the factory runs on that thread).
+
+        ``lock_path``: an advisory lock file held around each write (and around the factory, which
+        may create the storage); for a store shared by processes that do not serialise writes
+        themselves (montydb). Only meaningful with ``threads=1``.
 
         Raises:
             Whatever the factory raises (e.g. ``pymongo.errors.ConfigurationError`` for a bad URI).
@@ -97,11 +141,14 @@ class Store:
         self._closed = False
         self._close_lock = threading.Lock()
         self.description = description
+        self._file_lock = FileLock(lock_path) if lock_path is not None else None
         try:
-            self._client = self._executor.submit(client_factory).result()
+            self._client = self._executor.submit(self._locked(client_factory)).result()
             self._db = self._client[db_name]
         except BaseException:
             self._executor.shutdown(wait=False)
+            if self._file_lock is not None:
+                self._file_lock.close()
             raise
 
     @classmethod
@@ -117,15 +164,31 @@ class Store:
             return cls(factory, settings.mongo_db, threads=PYMONGO_THREADS, description="mongodb")
         repository = Path(settings.state_dir) / "store"
         factory = client_factory or monty_client_factory(repository)
-        return cls(factory, settings.mongo_db, threads=1, description=f"embedded:{repository}")
+        return cls(factory, settings.mongo_db, threads=1, description=f"embedded:{repository}",
+                   lock_path=repository / LOCK_FILE)
 
     @property
     def client(self) -> Any:
         """The driver client (use only through :meth:`run`, on the store's thread)."""
         return self._client
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    def _locked(self, fn: Callable[[], T]) -> Callable[[], T]:
+        """``fn`` holding the store's file lock while it runs (``fn`` itself without one)."""
+        lock = self._file_lock
+        if lock is None:
+            return fn
+
+        def locked() -> T:
+            with lock.held():
+                return fn()
+
+        return locked
+
+    async def run(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
         """Run ``fn(*args)`` on the store's thread and await its result.
+
+        ``write=True``: ``fn`` writes (or reads, decides and writes); on an embedded store it runs
+        holding the inter-process file lock.
 
         Raises:
             StoreClosed: the store is closed.
@@ -133,17 +196,21 @@ class Store:
         if self._closed:
             raise StoreClosed("the store is closed")
         loop = asyncio.get_running_loop()
+        call: Callable[[], T] = functools.partial(fn, *args)
+        if write:
+            call = self._locked(call)
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+            return await loop.run_in_executor(self._executor, call)
         except RuntimeError as err:
             # Executor shut down between the check above and the submit.
             if self._closed:
                 raise StoreClosed("the store is closed") from err
             raise
 
-    async def find_one(self, collection: str, filter: dict) -> dict | None:
-        """The first document matching ``filter``, or ``None``."""
-        return await self.run(lambda: self._db[collection].find_one(copy.deepcopy(filter)))
+    async def find_one(self, collection: str, filter: dict, projection: dict | None = None) -> dict | None:
+        """The first document matching ``filter`` (only the ``projection`` fields when given), or ``None``."""
+        filter, projection = copy.deepcopy(filter), copy.deepcopy(projection)
+        return await self.run(lambda: self._db[collection].find_one(filter, projection))
 
     async def find(self, collection: str, filter: dict) -> list[dict]:
         """All documents matching ``filter`` (materialised as a list on the store's thread)."""
@@ -155,7 +222,7 @@ class Store:
         Raises:
             The driver's DuplicateKeyError when ``_id`` exists.
         """
-        await self.run(lambda: self._db[collection].insert_one(copy.deepcopy(doc)))
+        await self.run(lambda: self._db[collection].insert_one(copy.deepcopy(doc)), write=True)
 
     async def update_one(self, collection: str, filter: dict, update: dict, upsert: bool = False) -> int:
         """Apply ``update`` (operators: ``$set``, ``$unset``, ...) to the first match.
@@ -164,12 +231,14 @@ class Store:
             The matched count (0 or 1); an upsert that inserted returns 0.
         """
         filter, update = copy.deepcopy(filter), copy.deepcopy(update)
-        result = await self.run(lambda: self._db[collection].update_one(filter, update, upsert=upsert))
+        result = await self.run(
+            lambda: self._db[collection].update_one(filter, update, upsert=upsert), write=True
+        )
         return int(result.matched_count)
 
     async def delete_one(self, collection: str, filter: dict) -> int:
         """Delete the first match; returns the deleted count (0 or 1)."""
-        result = await self.run(lambda: self._db[collection].delete_one(copy.deepcopy(filter)))
+        result = await self.run(lambda: self._db[collection].delete_one(copy.deepcopy(filter)), write=True)
         return int(result.deleted_count)
 
     async def close(self) -> None:
@@ -183,5 +252,8 @@ class Store:
             await loop.run_in_executor(self._executor, self._client.close)
         except Exception:  # closing must not fail a shutdown; the process is going away anyway
             log.warning("closing the store client failed", exc_info=True)
+        if self._file_lock is not None:
+            # On the store's thread, after every queued call (the lock's only user) has run.
+            await loop.run_in_executor(self._executor, self._file_lock.close)
         # Queued calls already submitted finish first; shutdown joins the (idle) thread.
         await asyncio.to_thread(self._executor.shutdown, True)

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,17 +30,24 @@ from activities.models import DbDict, KduStatusResult, PollStatusInput, ReleaseR
 from activities.release_storage import ReleaseStorage
 from activities.status import (
     MAX_DETAILED_STATUS,
+    MAX_POLL_ATTEMPT,
+    MAX_SEQ_BASE,
+    POLL_ATTEMPT_SPAN,
     StatusActivities,
+    WriteOutcome,
     build_status_update,
     derive_phase,
+    final_seq,
     manifest_objects,
+    poll_seq,
     status_digest,
+    validate_seq_base,
 )
 from activities.store import Store
 from kduflow.config import Settings
 from sandbox import NEVER_READY_ANNOTATION, SandboxCluster
 from tests.support import sandbox as sandbox_support
-from tests.support.sandbox import demo_chart, run_tool, tool_env
+from tests.support.sandbox import LOOPBACK_NETWORKS, demo_chart, run_tool, tool_env
 from tests.support.status import FakeKube, Rev, release_secret
 
 PASSWORD = "pa55-w0rd-in-values"
@@ -118,7 +126,7 @@ class Harness:
 
 @pytest_asyncio.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    settings = Settings(state_dir=tmp_path / "state")
+    settings = Settings(state_dir=tmp_path / "state", private_networks=LOOPBACK_NETWORKS)
     store = Store.open(settings)
     envs = ClusterEnvs(settings, store)
     with FakeKube(token="tkn-123456") as fake:
@@ -505,9 +513,9 @@ async def test_poll_writes_on_change_survives_errors_and_cancels(
     writes: list[dict[str, Any]] = []
     original = h.acts.write_status
 
-    async def counting_write(db: DbDict, update: Any) -> bool:
+    async def counting_write(db: DbDict, update: Any, **kw: Any) -> Any:
         writes.append(update)
-        return await original(db, update)
+        return await original(db, update, **kw)
 
     h.acts.write_status = counting_write  # type: ignore[method-assign]
     task = asyncio.create_task(
@@ -560,6 +568,219 @@ async def test_poll_rejects_invalid_input(h: Harness) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# ordered writes: a write older than the one in place changes nothing
+# ------------------------------------------------------------------------------------------------
+
+#: Two operations on one release, the second started (and its inputs built) later.
+BASE_A = 1_764_100_000_000
+BASE_B = BASE_A + 2_500
+
+
+def test_sequence_numbers_order_polls_finals_and_operations() -> None:
+    # Within an input: polls count up, a later attempt above an earlier one, the final above all.
+    assert poll_seq(BASE_A, 1, 1) < poll_seq(BASE_A, 1, 2) < poll_seq(BASE_A, 2, 1)
+    last_poll = poll_seq(BASE_A, 10**6, 10**9)  # capped, never up to the final
+    assert last_poll == poll_seq(BASE_A, MAX_POLL_ATTEMPT, POLL_ATTEMPT_SPAN - 1)
+    assert last_poll < final_seq(BASE_A, 1) < final_seq(BASE_A, 2) < final_seq(BASE_A, 10**9)
+    # A later base (later status step, later operation) beats everything of an earlier one.
+    assert final_seq(BASE_A, 10**9) < poll_seq(BASE_A + 1, 1, 1)
+    # Fits MongoDB's int64 at the largest base accepted.
+    assert final_seq(MAX_SEQ_BASE, 10**9) < 2**63
+    assert validate_seq_base(0) == 0 and validate_seq_base(MAX_SEQ_BASE) == MAX_SEQ_BASE
+    for bad in (-1, MAX_SEQ_BASE + 1, True, 1.5, "1764100000000", None):
+        with pytest.raises(ApplicationError) as info:
+            validate_seq_base(bad)
+        assert (
+            info.value.type == "InvalidInput" and info.value.non_retryable and "seq_base" in str(info.value)
+        )
+
+
+def _update(marker: str, phase: str = "") -> dict[str, Any]:
+    """A status update told apart by its last_error."""
+    return build_status_update(PATH, "install", _result(ready=True), phase=phase, error=marker)
+
+
+async def _marker(h: Harness) -> tuple[str, int | None]:
+    sub = (await h.doc())["kduflow"]
+    return sub["last_error"], sub.get("seq")
+
+
+async def test_late_poll_write_after_the_final_changes_nothing(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.fake.add(record(), sa(), svc(), deploy(ready=2))
+    poll = poll_seq(BASE_A, 1, 3)
+    assert (
+        await h.acts.write_status(DB, _update("poll 2"), seq=poll_seq(BASE_A, 1, 2)) is WriteOutcome.WRITTEN
+    )
+    await ActivityEnvironment().run(
+        h.acts.status, StatusInput(h.ref, DB, operation="install", phase="completed", seq_base=BASE_A)
+    )
+    final = await h.doc()
+    assert (final["kduflow"]["phase"], final["kduflow"]["seq"]) == ("completed", final_seq(BASE_A, 1))
+    # The poll write that was already on the store's thread when the poller was cancelled.
+    caplog.set_level("DEBUG", logger="activities.status")
+    outcome = await h.acts.write_status(DB, _update("poll 3", phase="installing"), seq=poll)
+    assert outcome is WriteOutcome.STALE and not outcome
+    assert await h.doc() == final
+    assert h.acts.stale_writes == 1
+    stale_logs = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert [r.levelname for r in stale_logs] == ["DEBUG"]
+    assert not any("no document" in r.getMessage() for r in caplog.records)
+
+
+async def test_retried_or_late_poller_cannot_overwrite_the_final(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poller attempt that runs after the final write (a retry, a slow worker) writes nothing."""
+    monkeypatch.setattr(status_module, "MIN_POLL_INTERVAL", 0.01)
+    h.fake.add(record(), sa(), svc(), deploy(ready=2))
+    await ActivityEnvironment().run(
+        h.acts.status, StatusInput(h.ref, DB, operation="install", phase="completed", seq_base=BASE_A)
+    )
+    final = await h.doc()
+    beats: list[dict[str, Any]] = []
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=3)
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    task = asyncio.create_task(
+        env.run(h.acts.poll_status, PollStatusInput(h.ref, DB, "install", interval=0.02, seq_base=BASE_A))
+    )
+    await wait_for(lambda: len(beats) >= 3)
+    h.fake.replace(deploy(ready=1))  # a change: the poller tries again
+    await wait_for(lambda: bool(beats) and beats[-1]["stale"] >= 2)
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert beats[-1]["writes"] == 0 and beats[-1]["errors"] == 0
+    assert await h.doc() == final
+
+
+async def test_two_operations_interleaved_out_of_order(h: Harness) -> None:
+    """Writes of operation A arrive late, mixed with B's: what stays is always B's newest."""
+    write = h.acts.write_status
+    assert await write(DB, _update("A poll 1"), seq=poll_seq(BASE_A, 1, 1))
+    assert await write(DB, _update("A final"), seq=final_seq(BASE_A, 1))
+    # B's first poll beats A's final: a later operation's base is larger.
+    assert await write(DB, _update("B poll 1"), seq=poll_seq(BASE_B, 1, 1))
+    arrivals = [
+        ("A poll 2", poll_seq(BASE_A, 1, 2), WriteOutcome.STALE, "B poll 1"),
+        ("A final (retry 2)", final_seq(BASE_A, 2), WriteOutcome.STALE, "B poll 1"),
+        ("B poll 3", poll_seq(BASE_B, 1, 3), WriteOutcome.WRITTEN, "B poll 3"),
+        ("B poll 2", poll_seq(BASE_B, 1, 2), WriteOutcome.STALE, "B poll 3"),
+        ("B poll 1 (retry 2)", poll_seq(BASE_B, 2, 1), WriteOutcome.WRITTEN, "B poll 1 (retry 2)"),
+        ("B final", final_seq(BASE_B, 1), WriteOutcome.WRITTEN, "B final"),
+        ("B poll 4", poll_seq(BASE_B, 1, 4), WriteOutcome.STALE, "B final"),
+        ("A final", final_seq(BASE_A, 1), WriteOutcome.STALE, "B final"),
+    ]
+    for marker, seq, outcome, in_place in arrivals:
+        assert await write(DB, _update(marker), seq=seq) is outcome, marker
+        assert (await h.doc())["kduflow"]["last_error"] == in_place, marker
+    assert await _marker(h) == ("B final", final_seq(BASE_B, 1))
+    assert h.acts.stale_writes == 5
+
+
+async def test_retried_final_write_is_idempotent(h: Harness) -> None:
+    h.fake.add(record(), sa(), svc(), deploy(ready=2))
+    inp = StatusInput(h.ref, DB, operation="install", phase="completed", seq_base=BASE_A)
+    await ActivityEnvironment().run(h.acts.status, inp)
+    first = await h.doc()
+    # The same attempt delivered again (same seq): nothing changes, not even status-time.
+    await ActivityEnvironment().run(h.acts.status, inp)
+    assert await h.doc() == first and h.acts.stale_writes == 1
+    # A retry (next attempt) re-observes and writes the same final state; then the late write of
+    # the first attempt (same seq as before) is refused.
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2)
+    await retry.run(h.acts.status, inp)
+    second = await h.doc()
+    assert second["kduflow"]["seq"] == final_seq(BASE_A, 2)
+
+    def content(doc: dict[str, Any]) -> dict[str, Any]:
+        sub = {k: v for k, v in doc["kduflow"].items() if k not in ("seq", "observed_at")}
+        return {**{k: v for k, v in doc.items() if k != "status-time"}, "kduflow": sub}
+
+    assert content(second) == content(first)
+    await ActivityEnvironment().run(h.acts.status, inp)
+    assert await h.doc() == second and h.acts.stale_writes == 2
+
+
+async def test_retried_final_write_replaces_the_failed_attempts_record(h: Harness) -> None:
+    """Attempt 1 could not observe and recorded "status unavailable"; attempt 2 must replace it."""
+    h.fake.add(record(), sa(), svc(), deploy(ready=2))
+    inp = StatusInput(h.ref, DB, operation="install", phase="completed", seq_base=BASE_A)
+    h.fake.fail_next.extend([500] * 10)
+    with pytest.raises(ApplicationError) as info:
+        await ActivityEnvironment().run(h.acts.status, inp)
+    assert info.value.type == "ServerError" and not info.value.non_retryable
+    assert (await h.doc())["kduflow"]["release_status"] == "unknown"
+    h.fake.fail_next.clear()
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2)
+    await retry.run(h.acts.status, inp)
+    sub = (await h.doc())["kduflow"]
+    assert (sub["release_status"], sub["phase"], sub["last_error"]) == ("deployed", "completed", "")
+
+
+async def test_documents_without_seq_accept_the_first_ordered_write(h: Harness) -> None:
+    # The harness document has no status at all; then one written before ordering existed.
+    assert await h.acts.write_status(DB, _update("first ever"), seq=poll_seq(BASE_A, 1, 1))
+    await h.store.update_one("nsrs", {"_id": "ns-1"}, {"$set": {f"{PATH}.kduflow": {"last_error": "old"}}})
+    assert await h.acts.write_status(DB, _update("ordered"), seq=poll_seq(BASE_A, 1, 1))
+    assert await _marker(h) == ("ordered", poll_seq(BASE_A, 1, 1))
+    # An unordered write (an input from before ordering) replaces the sub-document as it always
+    # did, its seq included; the next ordered write is then accepted whatever its seq.
+    assert await h.acts.write_status(DB, _update("unordered")) is WriteOutcome.WRITTEN
+    assert await _marker(h) == ("unordered", None)
+    assert await h.acts.write_status(DB, _update("older but ordered"), seq=poll_seq(BASE_A - 1, 1, 1))
+    assert h.acts.stale_writes == 0
+
+
+async def test_ordered_write_without_document_is_no_document_not_stale(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = DbDict("nsrs", {"_id": "nobody"}, PATH)
+    outcome = await h.acts.write_status(db, _update("x"), seq=final_seq(BASE_A, 1))
+    assert outcome is WriteOutcome.NO_DOCUMENT and h.acts.stale_writes == 0
+    assert [r.levelname for r in caplog.records if "no document" in r.getMessage()] == ["WARNING"]
+    assert await h.store.find_one("nsrs", {"_id": "nobody"}) is None
+
+
+async def test_ordered_write_still_refuses_operators_in_the_callers_filter(h: Harness) -> None:
+    sneaky = {"_id": "ns-1", "$or": [{"_id": {"$exists": True}}]}
+    for db in (DbDict("nsrs", sneaky, PATH), DbDict("nsrs", {"_id": {"$ne": "x"}}, PATH)):
+        with pytest.raises(ApplicationError) as info:
+            await h.acts.write_status(db, _update("x"), seq=final_seq(BASE_A, 1))
+        assert info.value.type == "InvalidInput"
+    with pytest.raises(ApplicationError) as info:
+        await ActivityEnvironment().run(h.acts.status, StatusInput(h.ref, DB, "install", seq_base=-5))
+    assert info.value.type == "InvalidInput" and "seq_base" in str(info.value)
+    assert h.fake.paths == [] and "kduflow" not in await h.doc()
+
+
+async def test_order_holds_across_two_workers_sharing_the_embedded_store(h: Harness) -> None:
+    """Two stores (two workers' threads and file locks) on one directory, writes in random order:
+    the document ends with the highest seq; every other write was either replaced or refused."""
+    other = Store.open(h.acts.settings)
+    acts2 = StatusActivities(h.acts.settings, h.acts.envs, other)
+    try:
+        seqs = [poll_seq(BASE_A, attempt, n) for attempt in (1, 2) for n in range(1, 41)]
+        seqs += [final_seq(BASE_A, 1), poll_seq(BASE_B, 1, 1)]
+        order = list(seqs)
+        random.Random(7).shuffle(order)
+        outcomes = await asyncio.gather(*(
+            (h.acts if i % 2 else acts2).write_status(DB, _update(str(seq)), seq=seq)
+            for i, seq in enumerate(order)
+        ))  # fmt: skip
+        assert await _marker(h) == (str(max(seqs)), max(seqs))
+        written = outcomes.count(WriteOutcome.WRITTEN)
+        assert written >= 1 and written + h.acts.stale_writes + acts2.stale_writes == len(seqs)
+    finally:
+        await acts2.close()
+        await other.close()
+
+
+# ------------------------------------------------------------------------------------------------
 # Real helm (both dialects) against the sandbox cluster
 # ------------------------------------------------------------------------------------------------
 
@@ -572,7 +793,7 @@ def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture
 async def sh(sandbox: SandboxCluster, tmp_path: Path) -> AsyncIterator[Harness]:
     """A Harness whose cluster "sb" is the module's sandbox (credentials stored as a YAML string)."""
-    settings = Settings(state_dir=tmp_path / "state")
+    settings = Settings(state_dir=tmp_path / "state", private_networks=LOOPBACK_NETWORKS)
     store = Store.open(settings)
     envs = ClusterEnvs(settings, store)
     await envs.store_credentials("sb", sandbox.kubeconfig())

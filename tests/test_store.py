@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -13,8 +17,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from activities.store import SERVER_SELECTION_TIMEOUT_MS, Store, StoreClosed, monty_client_factory
+from activities.store import LOCK_FILE, SERVER_SELECTION_TIMEOUT_MS, Store, StoreClosed, monty_client_factory
 from kduflow.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NSR = {
     "_id": "nsr-1",
@@ -115,6 +121,27 @@ async def test_concurrent_updates_of_one_document_lose_nothing(store: Store) -> 
     assert fields == {f"f{i}": i for i in range(100)}
 
 
+async def test_ordered_update_filter(store: Store) -> None:
+    """The operators of ordered status writes ($or, $lt, $exists on a dotted path through an array
+    index) as MongoDB applies them: lower or absent seq matches, equal or higher does not."""
+    await store.insert_one("nsrs", NSR)
+    path = "_admin.deployed.K8s.1.kduflow"
+
+    async def write(seq: int) -> int:
+        ordered = {"$or": [{f"{path}.seq": {"$lt": seq}}, {f"{path}.seq": {"$exists": False}}]}
+        return await store.update_one("nsrs", {"_id": "nsr-1", **ordered}, {"$set": {path: {"seq": seq}}})
+
+    big = 1_764_100_000_000 * 1_000_000  # int64 range, above 2**53: compared exactly
+    results = [await write(seq) for seq in (10, 5, 10, 11, big + 2, big + 1, big + 2, big + 3)]
+    assert results == [1, 0, 0, 1, 1, 0, 0, 1]
+    doc = await store.find_one("nsrs", {"_id": "nsr-1"})
+    assert doc is not None
+    k8s = doc["_admin"]["deployed"]["K8s"]
+    assert k8s[1] == {"kdu-instance": "b-0002", "member-vnf-index": "2", "kduflow": {"seq": big + 3}}
+    assert "kduflow" not in k8s[0]
+    assert await store.find_one("nsrs", {"_id": "nsr-1"}, {"_id": 1}) == {"_id": "nsr-1"}
+
+
 async def test_close_is_idempotent_and_final(store: Store) -> None:
     await store.insert_one("x", {"_id": 1})
     await store.close()
@@ -207,3 +234,139 @@ async def test_pymongo_client_is_lazy_and_fails_fast(tmp_path: Path) -> None:
         assert time.monotonic() - started < 3.0
     finally:
         await fast.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Several processes on one embedded store
+# ------------------------------------------------------------------------------------------------
+
+#: One worker process: waits for the go file, then does N `$inc` on one document, through a Store
+#: ("store": the file lock) or straight through montydb ("raw": no lock).
+INCREMENTER = """
+import asyncio, pathlib, sys, time
+state, n, mode, ready, go = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+
+def wait():
+    pathlib.Path(ready).touch()
+    while not pathlib.Path(go).exists():
+        time.sleep(0.002)
+
+if mode == "store":
+    from activities.store import Store
+    from kduflow.config import Settings
+
+    async def main():
+        store = Store.open(Settings(state_dir=state))
+        try:
+            await store.find_one("counters", {"_id": "c"})
+            wait()
+            for _ in range(n):
+                assert await store.update_one("counters", {"_id": "c"}, {"$inc": {"n": 1}}) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+else:
+    from montydb import MontyClient
+
+    counters = MontyClient(str(state / "store"))["osm"]["counters"]
+    counters.find_one({"_id": "c"})
+    wait()
+    for _ in range(n):
+        counters.update_one({"_id": "c"}, {"$inc": {"n": 1}})
+"""
+
+
+async def run_incrementers(tmp_path: Path, mode: str, processes: int = 2, n: int = 200) -> int:
+    """``processes`` processes doing ``n`` increments each, started together; the final count."""
+    store = Store.open(Settings(state_dir=tmp_path))
+    await store.insert_one("counters", {"_id": "c", "n": 0})
+    await store.close()
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", INCREMENTER, str(tmp_path), str(n), mode]
+    procs = [
+        subprocess.Popen(
+            [*argv, str(tmp_path / f"ready-{i}"), str(go)],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready-{i}").exists() for i in range(processes)):
+            assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs]
+            assert time.monotonic() < deadline, "workers did not start"
+            await asyncio.sleep(0.01)
+        go.touch()
+        for p in procs:
+            _, err = await asyncio.to_thread(p.communicate, timeout=120)
+            assert p.returncode == 0, err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    store = Store.open(Settings(state_dir=tmp_path))
+    try:
+        doc = await store.find_one("counters", {"_id": "c"})
+    finally:
+        await store.close()
+    assert doc is not None
+    return int(doc["n"])
+
+
+async def test_two_processes_sharing_the_embedded_store_lose_no_update(tmp_path: Path) -> None:
+    started = time.monotonic()
+    assert await run_incrementers(tmp_path, "store") == 400
+    print(f"2 x 200 locked $inc from two processes: {time.monotonic() - started:.2f}s")
+    lock = tmp_path / "store" / LOCK_FILE
+    assert lock.stat().st_mode & 0o777 == 0o600
+
+
+async def test_without_the_lock_two_processes_lose_updates(tmp_path: Path) -> None:
+    """Why the lock exists: montydb's update is read-modify-write, unguarded across processes."""
+    count = await run_incrementers(tmp_path, "raw")
+    print(f"2 x 200 unlocked $inc from two processes: {count}")
+    assert count < 400
+
+
+async def test_file_lock_only_on_the_embedded_store(tmp_path: Path) -> None:
+    mongomock = pytest.importorskip("mongomock")
+    store = Store.open(Settings(state_dir=tmp_path, mongo_uri="mongodb://mongo:27017/"),
+                       client_factory=mongomock.MongoClient)  # fmt: skip
+    try:
+        await store.insert_one("x", {"_id": 1})
+        assert await store.update_one("x", {"_id": 1}, {"$set": {"a": 1}}) == 1
+    finally:
+        await store.close()
+    assert not (tmp_path / "store").exists()
+
+
+async def test_file_lock_is_held_only_during_a_write(tmp_path: Path) -> None:
+    """A write waits while another process holds the lock, and the store holds it only for a write."""
+    store = Store.open(Settings(state_dir=tmp_path))
+    # A second store (another worker) reads while the first one's only thread waits in the write.
+    reader = Store.open(Settings(state_dir=tmp_path))
+    try:
+        await store.insert_one("x", {"_id": 1, "n": 0})
+        fd = os.open(tmp_path / "store" / LOCK_FILE, os.O_RDWR)
+        try:
+            # Between writes the lock is free (LOCK_NB would raise otherwise).
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            write = asyncio.ensure_future(store.update_one("x", {"_id": 1}, {"$inc": {"n": 1}}))
+            await asyncio.sleep(0.3)
+            assert not write.done()
+            # Reads take no lock.
+            assert await asyncio.wait_for(reader.find("x", {}), 5) == [{"_id": 1, "n": 0}]
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        assert await asyncio.wait_for(write, 5) == 1
+        assert (await reader.find_one("x", {"_id": 1}) or {})["n"] == 1
+    finally:
+        await reader.close()
+        await store.close()

@@ -174,7 +174,18 @@ async def _run_with_status(
         # chart pull; it observes through the API, not helm, so it never contends for helm's lock.
         poller = workflow.start_activity(
             ACTIVITY_NAMES["poll_status"],
-            PollStatusInput(ref=ref, db_dict=db_dict, operation=operation, interval=common.POLL_INTERVAL),
+            PollStatusInput(
+                ref=ref,
+                db_dict=db_dict,
+                operation=operation,
+                interval=common.POLL_INTERVAL,
+                # Orders the status writes (activities/status.py): workflow time is the same on
+                # replay, and a later status step or a later operation on the release (which waits
+                # for this one's lock) gets a later time. Only the activity's input changes, not the
+                # command sequence: replay checks a scheduled activity's id and type, not its input,
+                # so runs recorded before this field replay unchanged; no workflow.patched needed.
+                seq_base=int(workflow.now().timestamp() * 1000),
+            ),
             **common.poller_options(timeout),
         )
     workflow.set_current_details(f"{operation}: {activity} running on {_ref_text(ref)}")
@@ -202,7 +213,16 @@ async def _final_status(
     try:
         return await workflow.execute_activity(
             ACTIVITY_NAMES["status"],
-            StatusInput(ref=ref, db_dict=db_dict, operation=operation, error=error, phase=phase),
+            StatusInput(
+                ref=ref,
+                db_dict=db_dict,
+                operation=operation,
+                error=error,
+                phase=phase,
+                # Ordering base as for the poller (_run_with_status); an input change only, no
+                # command change, so no workflow.patched.
+                seq_base=int(workflow.now().timestamp() * 1000),
+            ),
             result_type=KduStatusResult,
             **common.status_options(),
         )

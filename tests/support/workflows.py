@@ -24,6 +24,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
+from activities.lock import LockActivities
 from activities.models import (
     GetValuesInput,
     HelmInstallInput,
@@ -49,7 +50,6 @@ from activities.models import (
     UninstallOutcome,
     ValuesResult,
 )
-from activities.lock import LockActivities
 from activities.status import validate_db_dict
 from kduflow.config import Settings
 from kduflow.plugin import activity_methods
