@@ -9,14 +9,19 @@ is set), never replacing a registered cluster's different credentials without
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import re
+import time
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity
 from temporalio.client import (
     Schedule,
+    ScheduleActionExecutionStartWorkflow,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
@@ -48,6 +53,7 @@ from workflows.cluster_models import (
     EnsureNamespaceInput,
     EnsureNamespaceResult,
     RecordStateInput,
+    ResetRecord,
     ScheduleInput,
     ScheduleResult,
     StoreCredentialsInput,
@@ -84,6 +90,43 @@ _KUBECTL_UNREACHABLE = re.compile(
 _NS_NOT_FOUND = re.compile(r"NotFound|not found", re.IGNORECASE)
 _ALREADY_EXISTS = re.compile(r"AlreadyExists|already exists", re.IGNORECASE)
 SYNC_REPOS_WORKFLOW = "SyncRepos"
+#: A schedule's runs start up to this fraction of the interval late, at most ``MAX_SYNC_JITTER_S``.
+SYNC_JITTER_FRACTION = 0.1
+MAX_SYNC_JITTER_S = 60.0
+#: Where ``record_state`` writes ResetCluster's outcome.
+RESET_FIELD = "_admin.kduflow_reset"
+#: Bounds of that record: entries kept per list and characters per error message.
+_RESET_MAX_ENTRIES = 1000
+_RESET_MAX_MESSAGE = 500
+
+
+def sync_schedule_offset(cluster_uuid: str, interval_s: int) -> timedelta:
+    """The phase of the cluster's SyncRepos schedule within its interval, in whole seconds.
+
+    A digest of the cluster id modulo the interval: clusters spread over the interval instead of all
+    syncing at the same instant, and a cluster keeps its phase whichever worker writes the schedule.
+    """
+    digest = hashlib.sha256(cluster_uuid.encode("utf-8")).digest()
+    return timedelta(seconds=int.from_bytes(digest[:8], "big") % interval_s)
+
+
+def sync_schedule_jitter(interval_s: int) -> timedelta:
+    """Random delay Temporal adds to each scheduled run: 10 % of the interval, at most 60 s."""
+    return timedelta(seconds=min(interval_s * SYNC_JITTER_FRACTION, MAX_SYNC_JITTER_S))
+
+
+def _reset_document(record: ResetRecord) -> dict[str, Any]:
+    """ResetCluster's outcome as stored: bounded lists of strings, bounded messages, a time."""
+    failed = dict(list((record.failed or {}).items())[:_RESET_MAX_ENTRIES])
+    return {
+        "time": time.time(),
+        "workflow_id": str(record.workflow_id)[:_RESET_MAX_MESSAGE],
+        "uninstall_sw": record.uninstall_sw is True,
+        "force": record.force is True,
+        "uninstalled": [str(k) for k in (record.uninstalled or [])[:_RESET_MAX_ENTRIES]],
+        "kept": [str(k) for k in (record.kept or [])[:_RESET_MAX_ENTRIES]],
+        "failed": {str(k): str(v)[:_RESET_MAX_MESSAGE] for k, v in failed.items()},
+    }
 
 
 def build_server_version_argv(kubectl: str) -> list[str]:
@@ -265,7 +308,8 @@ class ClusterActivities:
 
     @activity.defn(name=CLUSTER_ACTIVITY_NAMES["record_state"])
     async def record_state(self, inp: RecordStateInput) -> None:
-        """Write ``_admin.helm-chart-v3`` {id, created, operationalState, error_msg} (no-op without a doc)."""
+        """Write ``_admin.helm-chart-v3`` {id, created, operationalState, error_msg} (no-op without a doc),
+        and with ``reset`` ResetCluster's outcome in ``_admin.kduflow_reset``."""
         validate_cluster_uuid(inp.cluster_uuid)
         state = inp.state
         if state.operationalState not in _STATES:
@@ -280,16 +324,20 @@ class ClusterActivities:
             "operationalState": state.operationalState,
             "error_msg": str(state.error_msg)[:2000],
         }
-        await self.store.update_one(
-            CLUSTERS_COLLECTION,
-            {"_id": inp.cluster_uuid},
-            {"$set": {f"_admin.{HELM_V3_ADMIN_KEY}": doc}},
-        )
+        update: dict[str, Any] = {f"_admin.{HELM_V3_ADMIN_KEY}": doc}
+        if inp.reset is not None:
+            update[RESET_FIELD] = _reset_document(inp.reset)
+        await self.store.update_one(CLUSTERS_COLLECTION, {"_id": inp.cluster_uuid}, {"$set": update})
 
     @activity.defn(name=CLUSTER_ACTIVITY_NAMES["uninstall_all"])
     async def uninstall_all(self, inp: UninstallAllInput) -> UninstallAllResult:
         """List every release of every status (pending ones included); with ``force`` uninstall each one,
-        collecting failures; without it uninstall nothing and report them as kept (N2VC ``reset``)."""
+        collecting failures; without it uninstall nothing and report them as kept (N2VC ``reset``).
+
+        Legacy: only ResetCluster histories recorded before ``reset-cluster-children-v1`` call it
+        (kept registered so they replay and finish). It runs outside the release locks; ResetCluster
+        now lists with ``kdu.list_releases`` and uninstalls through UninstallKdu child workflows.
+        """
         env = await self._env(inp.cluster_uuid)
         version = await self._helm_version(env)
         listed = await self.runner.run(
@@ -348,17 +396,32 @@ class ClusterActivities:
             action=ScheduleActionStartWorkflow(
                 SYNC_REPOS_WORKFLOW,
                 SyncReposInput(cluster_uuid=cluster_uuid),
+                # Temporal appends each run's scheduled time to this id.
                 id=f"sync-repos-{cluster_uuid}",
                 task_queue=task_queue,
                 execution_timeout=timedelta(seconds=max(interval_s, 300)),
             ),
-            spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(seconds=interval_s))]),
+            spec=ScheduleSpec(
+                intervals=[
+                    ScheduleIntervalSpec(
+                        every=timedelta(seconds=interval_s),
+                        offset=sync_schedule_offset(cluster_uuid, interval_s),
+                    )
+                ],
+                jitter=sync_schedule_jitter(interval_s),
+            ),
             policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
         )
 
     @activity.defn(name=CLUSTER_ACTIVITY_NAMES["upsert_schedule"])
     async def upsert_schedule(self, inp: ScheduleInput) -> ScheduleResult:
-        """Create, or update in place, the Schedule running SyncRepos for the cluster (overlap: skip)."""
+        """Create, or update in place, the Schedule running SyncRepos for the cluster.
+
+        Runs every ``interval_s`` at the cluster's own phase (``sync_schedule_offset``) plus a random
+        jitter (``sync_schedule_jitter``), never two at once (overlap: skip). An update replaces the
+        spec and action but keeps the schedule's state: a schedule an operator paused stays paused,
+        with its note. Any SyncRepos of the cluster also serialises on the cluster's repository lock.
+        """
         validate_cluster_uuid(inp.cluster_uuid)
         # Any workflow can schedule this activity: bound the interval like InitCluster does, and
         # start SyncRepos only on this worker's own task queue (a caller must not point a recurring
@@ -384,8 +447,11 @@ class ClusterActivities:
             action = "created"
         except ScheduleAlreadyRunningError:
 
-            def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-                return ScheduleUpdate(schedule=schedule)
+            def replace(current: ScheduleUpdateInput) -> ScheduleUpdate:
+                # An update replaces the whole schedule, state included: without the current state
+                # it would un-pause a schedule an operator paused and drop the note saying why.
+                state = current.description.schedule.state
+                return ScheduleUpdate(schedule=dataclasses.replace(schedule, state=state))
 
             await client.get_schedule_handle(schedule_id).update(replace)
             action = "updated"
@@ -400,13 +466,45 @@ class ClusterActivities:
 
     @activity.defn(name=CLUSTER_ACTIVITY_NAMES["delete_schedule"])
     async def delete_schedule(self, ref: ClusterRef) -> ScheduleResult:
-        """Delete the cluster's SyncRepos schedule; ``action="absent"`` when there was none."""
+        """Delete the cluster's SyncRepos schedule and ask its running SyncRepos to cancel
+        (``cancelled``: their workflow ids); ``action="absent"`` when there was no schedule.
+
+        The schedule is paused first, so it starts no run between listing the running ones and the
+        deletion; the cancellations go out before the deletion, so a retry after a failure in
+        between finds the schedule and its runs again. SyncRepos started otherwise (InitCluster's
+        first one, one started by hand) are not the schedule's and are left alone.
+        """
         validate_cluster_uuid(ref.cluster_uuid)
         schedule_id = schedule_id_for(ref.cluster_uuid)
+        client = activity.client()
+        handle = client.get_schedule_handle(schedule_id)
+        cancelled: list[str] = []
         try:
-            await activity.client().get_schedule_handle(schedule_id).delete()
+            await handle.pause(note="kduflow: deleting the schedule")
+            described = await handle.describe()
+            for run in described.info.running_actions:
+                if not isinstance(run, ScheduleActionExecutionStartWorkflow):
+                    continue
+                try:
+                    # By its first run: the current run of that chain, never a later workflow that
+                    # reuses the id.
+                    await client.get_workflow_handle(
+                        run.workflow_id, first_execution_run_id=run.first_execution_run_id or None
+                    ).cancel()
+                except RPCError as err:
+                    # Closed meanwhile: nothing left to cancel.
+                    if err.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                    continue
+                cancelled.append(run.workflow_id)
+            await handle.delete()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                return ScheduleResult(schedule_id=schedule_id, action="absent")
+                return ScheduleResult(schedule_id=schedule_id, action="absent", cancelled=cancelled)
             raise
-        return ScheduleResult(schedule_id=schedule_id, action="deleted")
+        if cancelled:
+            log.info(
+                "cluster %s: SyncRepos schedule %s deleted; cancelling %s",
+                ref.cluster_uuid, schedule_id, ", ".join(cancelled),
+            )  # fmt: skip
+        return ScheduleResult(schedule_id=schedule_id, action="deleted", cancelled=cancelled)

@@ -3,6 +3,7 @@ schedule activities against the Temporal test server."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import uuid
 from collections.abc import AsyncIterator
@@ -13,12 +14,19 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import yaml
-from temporalio.client import ScheduleIntervalSpec
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import ScheduleDescription
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
 from activities.cluster_env import ClusterEnvs
-from activities.clusters import ClusterActivities, parse_server_version
+from activities.clusters import (
+    ClusterActivities,
+    parse_server_version,
+    sync_schedule_jitter,
+    sync_schedule_offset,
+)
 from activities.repos import RepoActivities
 from activities.secretbox import is_envelope
 from activities.store import Store
@@ -27,12 +35,13 @@ from sandbox import SandboxCluster
 from tests.conftest import HelmTools
 from tests.support import sandbox as sandbox_support
 from tests.support.charts import CHARTS_DIR, free_port
-from tests.support.sandbox import run_tool
+from tests.support.sandbox import LOOPBACK_NETWORKS, run_tool
 from workflows.cluster_models import (
     ClusterRef,
     ClusterState,
     EnsureNamespaceInput,
     RecordStateInput,
+    ResetRecord,
     ScheduleInput,
     StoreCredentialsInput,
     UninstallAllInput,
@@ -57,7 +66,8 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 def make(tools: HelmTools, store: Store, state_dir: Path, secret_key: str = "") -> ClusterActivities:
     settings = Settings(
-        helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state_dir, secret_key=secret_key
+        helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=state_dir, secret_key=secret_key,
+        private_networks=LOOPBACK_NETWORKS,
     )
     repos = RepoActivities(settings, None, store)
     from activities.secretbox import SecretBox
@@ -186,6 +196,17 @@ async def test_record_state_and_forget(
     with pytest.raises(ApplicationError) as err:
         await acts.record_state(RecordStateInput(cluster, ClusterState(cluster, False, "FINE")))
     assert err.value.type == "InvalidInput"
+    assert "kduflow_reset" not in doc["_admin"]
+    reset = ResetRecord("wf-reset", True, True, ["ns/a"], [], {"ns/b": "ReleaseFailed: " + "x" * 5000})
+    await acts.record_state(RecordStateInput(cluster, ClusterState(cluster, False, "DISABLED"), reset=reset))
+    doc = await store.find_one("k8sclusters", {"_id": cluster})
+    recorded = doc["_admin"]["kduflow_reset"]
+    assert doc["_admin"]["helm-chart-v3"]["operationalState"] == "DISABLED"
+    assert {k: recorded[k] for k in ("workflow_id", "uninstall_sw", "force", "uninstalled", "kept")} == {
+        "workflow_id": "wf-reset", "uninstall_sw": True, "force": True, "uninstalled": ["ns/a"], "kept": [],
+    }
+    assert list(recorded["failed"]) == ["ns/b"] and len(recorded["failed"]["ns/b"]) == 500
+    await acts.record_state(RecordStateInput(cluster, ClusterState(cluster, False, "ERROR", "boom")))
     await acts.verify(ClusterRef(cluster))
     root = tmp_path / "w" / "clusters" / cluster
     assert root.is_dir()
@@ -233,12 +254,14 @@ async def test_schedule_upsert_and_delete(
     )
     handle = ts_env.client.get_schedule_handle(created.schedule_id)
     desc = await handle.describe()
-    assert desc.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(seconds=120))]
+    assert intervals(desc) == [(timedelta(seconds=120), sync_schedule_offset(cluster, 120))]
+    assert desc.schedule.spec.jitter == timedelta(seconds=12)
     assert desc.schedule.action.workflow == "SyncRepos" and desc.schedule.action.task_queue == "tq-sched"
     updated = await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=600))
     assert updated.action == "updated"
     desc = await handle.describe()
-    assert desc.schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(seconds=600))]
+    assert intervals(desc) == [(timedelta(seconds=600), sync_schedule_offset(cluster, 600))]
+    assert desc.schedule.spec.jitter == timedelta(seconds=60)
     # Any workflow may call this activity: the interval is bounded and the schedule can only start
     # SyncRepos on the activity's own task queue.
     for bad in (
@@ -253,6 +276,81 @@ async def test_schedule_upsert_and_delete(
     assert (await handle.describe()).schedule.action.task_queue == "tq-sched"
     assert (await act_env.run(acts.delete_schedule, ClusterRef(cluster))).action == "deleted"
     assert (await act_env.run(acts.delete_schedule, ClusterRef(cluster))).action == "absent"
+
+
+def intervals(desc: ScheduleDescription) -> list[tuple[timedelta, timedelta]]:
+    """(every, offset) of each interval; a zero offset comes back from the server as None."""
+    return [(i.every, i.offset or timedelta(0)) for i in desc.schedule.spec.intervals]
+
+
+def schedule_env(ts_env: Any, task_queue: str) -> ActivityEnvironment:
+    act_env = ActivityEnvironment(client=ts_env.client)
+    act_env.info = act_env.info.__class__(**{**act_env.info.__dict__, "task_queue": task_queue})
+    return act_env
+
+
+def test_schedule_phase_and_jitter_are_per_cluster_and_stable() -> None:
+    cluster = "0b0e5f4e-8a53-4f2c-9d0e-2f1b8c4d7a10"
+    assert sync_schedule_offset(cluster, 600) == sync_schedule_offset(cluster, 600)
+    # A digest, not Python's salted hash(): the same on every worker and after every restart.
+    assert sync_schedule_offset(cluster, 600) == timedelta(seconds=574)
+    offsets = [sync_schedule_offset(new_id(), 600) for _ in range(200)]
+    assert all(timedelta(0) <= o < timedelta(seconds=600) and o.microseconds == 0 for o in offsets)
+    assert len(set(offsets)) > 100  # spread over the interval, not one instant for every cluster
+    assert sync_schedule_jitter(10) == timedelta(seconds=1)
+    assert sync_schedule_jitter(120) == timedelta(seconds=12)
+    assert sync_schedule_jitter(86_400) == timedelta(seconds=60)
+
+
+async def test_schedule_update_keeps_an_operator_pause(
+    tools: HelmTools, store: Store, tmp_path: Path, ts_env: Any
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    cluster = new_id()
+    act_env = schedule_env(ts_env, "tq-sched")
+    created = await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=120))
+    handle = ts_env.client.get_schedule_handle(created.schedule_id)
+    await handle.pause(note="repository server maintenance")
+    updated = await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=300))
+    assert updated.action == "updated"
+    desc = await handle.describe()
+    assert desc.schedule.state.paused is True
+    assert desc.schedule.state.note == "repository server maintenance"
+    assert intervals(desc) == [(timedelta(seconds=300), sync_schedule_offset(cluster, 300))]
+    await handle.unpause()
+    await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=120))
+    assert (await handle.describe()).schedule.state.paused is False
+    await handle.delete()
+
+
+async def test_schedule_delete_cancels_its_running_syncs(
+    tools: HelmTools, store: Store, tmp_path: Path, ts_env: Any
+) -> None:
+    acts = make(tools, store, tmp_path / "w")
+    cluster = new_id()
+    # No worker polls this queue: a triggered SyncRepos stays running until cancelled or terminated.
+    act_env = schedule_env(ts_env, f"tq-idle-{cluster}")
+    created = await act_env.run(acts.upsert_schedule, ScheduleInput(cluster, interval_s=3600))
+    handle = ts_env.client.get_schedule_handle(created.schedule_id)
+    await handle.trigger()
+    running: list[str] = []
+    for _ in range(100):
+        desc = await handle.describe()
+        running = [r.workflow_id for r in desc.info.running_actions]
+        if running:
+            break
+        await asyncio.sleep(0.1)
+    assert len(running) == 1 and running[0].startswith(f"sync-repos-{cluster}")
+    deleted = await act_env.run(acts.delete_schedule, ClusterRef(cluster))
+    assert deleted.action == "deleted" and deleted.cancelled == running
+    sync = ts_env.client.get_workflow_handle(running[0])
+    events = [e.event_type async for e in sync.fetch_history_events()]
+    assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED in events
+    with pytest.raises(RPCError):
+        await handle.describe()
+    again = await act_env.run(acts.delete_schedule, ClusterRef(cluster))
+    assert again.action == "absent" and again.cancelled == []
+    await sync.terminate("test cleanup")
 
 
 async def test_store_credentials_never_silently_replaces(

@@ -4,18 +4,37 @@ synchronize_repos, reference A.2 and B.3), calling the ``cluster.*`` and ``repo.
 Deterministic: no I/O, ids from ``workflow.uuid4()``. Secrets stay out of history except the
 ``k8s_creds`` N2VC's interface puts in InitCluster's input (a warning says so: run with the payload
 codec, or store the kubeconfig in ``k8sclusters.credentials`` and leave ``k8s_creds`` empty).
+
+One operation at a time: ResetCluster uninstalls each release through an ``UninstallKdu`` child
+workflow, which takes that release's lock like any uninstall; every SyncRepos of a cluster (the
+scheduled ones, InitCluster's first one, one started by hand) runs under the cluster's repository
+lock (``repos_lock_ref``), so two of them never add and remove the same repositories at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
+    from activities.models import (
+        ACTIVITY_NAMES,
+        KduResult,
+        ListReleasesInput,
+        ListReleasesResult,
+        ReleaseRef,
+        UninstallKduInput,
+    )
     from workflows.cluster_models import (
         CLUSTER_ACTIVITY_NAMES,
         AddStableResult,
@@ -32,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         RepoRef,
         RepoRemoveResult,
         ResetClusterInput,
+        ResetRecord,
         ScheduleInput,
         ScheduleResult,
         StoreCredentialsInput,
@@ -40,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         UninstallAllInput,
         UninstallAllResult,
         VerifyClusterResult,
+        uninstall_child_id,
     )
     from workflows.validation import (
         validate_bool,
@@ -48,8 +69,30 @@ with workflow.unsafe.imports_passed_through():
         validate_sync_interval,
     )
 
-from workflows.common import NON_RETRYABLE_ERROR_TYPES
+from workflows.common import NON_RETRYABLE_ERROR_TYPES, call_read, is_workflow_cancellation
 from workflows.decoding import decode_input
+from workflows.lock import LockClient, release_lock
+
+#: ``workflow.patched`` id: ResetCluster uninstalls through UninstallKdu children. Histories recorded
+#: before it replay the single ``cluster.uninstall_all`` activity.
+PATCH_RESET_CHILDREN = "reset-cluster-children-v1"
+#: ``workflow.patched`` id: SyncRepos holds the cluster's repository lock. Histories recorded before
+#: it replay without the lock.
+PATCH_SYNC_LOCK = "sync-repos-lock-v1"
+#: UninstallKdu children of one ResetCluster running at once. Each runs a helm process against the
+#: same API server for up to its timeout; a cluster with hundreds of releases gets four at a time,
+#: not hundreds.
+MAX_PARALLEL_UNINSTALLS = 4
+#: helm's --timeout for each release ResetCluster uninstalls (UninstallKdu's default).
+RESET_UNINSTALL_TIMEOUT = 300
+#: Type name of the release uninstall workflow (``workflows/kdu.py``), started by name.
+UNINSTALL_WORKFLOW = "UninstallKdu"
+#: A child id still taken by a running uninstall (one an earlier run of the same reset started and
+#: abandoned) is tried again after this long, for at most ``_CHILD_BUSY_TRIES`` tries (10 minutes,
+#: more than one helm uninstall attempt with its 300 s timeout and margin); after that the release
+#: is reported failed with ``OperationInProgress``.
+_CHILD_BUSY_WAIT = timedelta(seconds=15)
+_CHILD_BUSY_TRIES = 40
 
 #: Store and kubectl steps: several quick retries (an unreachable cluster gets ~1 minute).
 _RETRY = RetryPolicy(
@@ -94,11 +137,22 @@ def error_message(err: BaseException) -> str:
     return f"{type_name}: {text}" if type_name else str(text)
 
 
+def repos_lock_ref(cluster_uuid: str) -> ReleaseRef:
+    """The lock every SyncRepos of the cluster holds: a ``ReleaseLock`` under names that no release
+    can have (":" is allowed in neither release nor namespace names), so it never serialises a
+    release operation, only repository syncs against each other."""
+    return ReleaseRef(cluster_uuid=cluster_uuid, kdu_instance=":repositories", namespace=":cluster")
+
+
 @workflow.defn(name="InitCluster")
 class InitCluster:
     """Register a cluster: store its kubeconfig (when given), check the API server answers, create the
     namespace, add the stable repository (if the worker has one configured), start the SyncRepos
     schedule, run a first SyncRepos, and record ``_admin.helm-chart-v3``.
+
+    The first SyncRepos is a child workflow. It may coincide with a run of the schedule (or another
+    SyncRepos of the cluster): both take the cluster's repository lock, so they run one after the
+    other, and the later one finds the repositories already as wanted.
 
     Fails with ``CredentialsInvalid``/``ClusterNotFound``/``InvalidInput`` (non-retryable) or
     ``ClusterUnreachable`` after retries; ``_admin.helm-chart-v3.operationalState`` is then ``ERROR``.
@@ -185,10 +239,22 @@ class InitCluster:
 
 @workflow.defn(name="ResetCluster")
 class ResetCluster:
-    """N2VC ``reset``: stop the SyncRepos schedule; with ``uninstall_sw`` list every release (pending
-    ones too) and uninstall them only when ``force`` (otherwise keep them and warn); then remove the
-    local environment and the stored credentials. Returns True; uninstall failures are logged and do
-    not stop the reset (N2VC logs them the same way)."""
+    """N2VC ``reset``: stop the SyncRepos schedule (its running syncs are asked to cancel); with
+    ``uninstall_sw`` list every release (pending ones too) and uninstall them only when ``force``
+    (otherwise keep them and warn); then record the outcome, and remove the local environment and the
+    stored credentials.
+
+    Each release is uninstalled by an ``UninstallKdu`` child workflow, at most
+    ``MAX_PARALLEL_UNINSTALLS`` at a time: the child takes the release's lock (waiting for an
+    install or upgrade in progress to end), observes the release and converges like any uninstall.
+    Child ids derive from this workflow's id and the release (``uninstall_child_id``), so a re-run
+    of the same reset never starts a second uninstall of a release beside the first.
+
+    Returns True (N2VC's result). A release that could not be uninstalled is logged and does not stop
+    the reset (N2VC logs them the same way); what was uninstalled, kept and failed is recorded in the
+    cluster document's ``_admin.kduflow_reset`` next to ``_admin.helm-chart-v3`` (``DISABLED``).
+    Fails when the releases cannot be listed (the cluster stays registered).
+    """
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> bool:
@@ -198,43 +264,130 @@ class ResetCluster:
         uninstall_sw = validate_bool(inp.uninstall_sw, "uninstall_sw")
         ref = ClusterRef(cluster_uuid)
         await _call("delete_schedule", ref, ScheduleResult)
+        record = ResetRecord(
+            workflow_id=workflow.info().workflow_id, uninstall_sw=uninstall_sw, force=force
+        )
         if uninstall_sw:
-            outcome: UninstallAllResult = await _call(
-                "uninstall_all",
-                UninstallAllInput(cluster_uuid, force=force),
-                UninstallAllResult,
-                timeout=timedelta(hours=1),
-                retry=RetryPolicy(maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES),
-            )
-            if outcome.kept:
+            if workflow.patched(PATCH_RESET_CHILDREN):
+                await self._uninstall_releases(cluster_uuid, force, record)
+            else:
+                await self._uninstall_all_legacy(cluster_uuid, force, record)
+            if record.kept:
                 workflow.logger.warning(
-                    "ResetCluster %s: releases kept (force is off): %s", cluster_uuid, outcome.kept
+                    "ResetCluster %s: releases kept (force is off): %s", cluster_uuid, record.kept
                 )
-            if outcome.failed:
+            if record.failed:
                 workflow.logger.error(
-                    "ResetCluster %s: releases not uninstalled: %s", cluster_uuid, outcome.failed
+                    "ResetCluster %s: releases not uninstalled: %s", cluster_uuid, record.failed
                 )
         await _call(
             "record_state",
-            RecordStateInput(cluster_uuid, ClusterState(cluster_uuid, False, "DISABLED")),
+            RecordStateInput(cluster_uuid, ClusterState(cluster_uuid, False, "DISABLED"), reset=record),
             None,
         )
         await _call("forget", ref, None)
         return True
 
+    async def _uninstall_releases(self, cluster_uuid: str, force: bool, record: ResetRecord) -> None:
+        listed: ListReleasesResult = await call_read(
+            ACTIVITY_NAMES["list_releases"],
+            ListReleasesInput(cluster_uuid=cluster_uuid),
+            ListReleasesResult,
+            f"listing the releases of cluster {cluster_uuid}",
+        )
+        releases = sorted({(r.namespace, r.name) for r in listed.releases})
+        if not force:
+            record.kept = [f"{namespace}/{name}" for namespace, name in releases]
+            return
+        # asyncio's semaphore wakes its waiters in FIFO order, so the order in which children start
+        # is the same on every replay.
+        slots = asyncio.Semaphore(MAX_PARALLEL_UNINSTALLS)
+
+        async def uninstall(namespace: str, name: str) -> None:
+            key = f"{namespace}/{name}"
+            async with slots:
+                try:
+                    await self._uninstall_child(cluster_uuid, namespace, name)
+                except (ChildWorkflowError, ApplicationError) as err:
+                    if is_workflow_cancellation(err):
+                        raise
+                    record.failed[key] = error_message(err)
+                    workflow.logger.error(
+                        "ResetCluster %s: could not uninstall %s: %s", cluster_uuid, key, record.failed[key]
+                    )
+                    return
+            record.uninstalled.append(key)
+
+        await asyncio.gather(*(uninstall(namespace, name) for namespace, name in releases))
+        record.uninstalled.sort()
+
+    async def _uninstall_child(self, cluster_uuid: str, namespace: str, name: str) -> KduResult:
+        child_id = uninstall_child_id(workflow.info().workflow_id, namespace, name)
+        for _ in range(_CHILD_BUSY_TRIES):
+            try:
+                result: KduResult = await workflow.execute_child_workflow(
+                    UNINSTALL_WORKFLOW,
+                    UninstallKduInput(cluster_uuid, name, namespace, timeout=RESET_UNINSTALL_TIMEOUT),
+                    id=child_id,
+                    result_type=KduResult,
+                    # ABANDON: an uninstall that has started runs to its end even if this reset is
+                    # terminated, reset or times out. Cancelling it there would stop helm halfway
+                    # and leave the release "uninstalling"; letting it finish does what the reset
+                    # was asked to do, and releases the lock normally. Cancelling the reset itself
+                    # still cancels its children: their awaits are cancelled with it.
+                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                )
+                return result
+            except WorkflowAlreadyStartedError:
+                # An earlier run of this reset started this uninstall and closed without waiting
+                # for it: wait for it to end, then run again (the release is then absent).
+                workflow.logger.info(
+                    "ResetCluster: %s is still running; trying again in %s", child_id, _CHILD_BUSY_WAIT
+                )
+                await workflow.sleep(_CHILD_BUSY_WAIT)
+        raise ApplicationError(
+            f"uninstall {child_id}, started by an earlier run of this reset, is still running",
+            type="OperationInProgress",
+            non_retryable=True,
+        )
+
+    async def _uninstall_all_legacy(self, cluster_uuid: str, force: bool, record: ResetRecord) -> None:
+        """The path of histories recorded before ``PATCH_RESET_CHILDREN``: one activity uninstalling
+        everything, outside the release locks."""
+        outcome: UninstallAllResult = await _call(
+            "uninstall_all",
+            UninstallAllInput(cluster_uuid, force=force),
+            UninstallAllResult,
+            timeout=timedelta(hours=1),
+            retry=RetryPolicy(maximum_attempts=2, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES),
+        )
+        record.uninstalled = list(outcome.uninstalled)
+        record.kept = list(outcome.kept)
+        record.failed = dict(outcome.failed)
+
 
 @workflow.defn(name="SyncRepos")
-class SyncRepos:
+class SyncRepos(LockClient):
     """Make the cluster's repositories what ``_admin.helm_chart_repos`` says: remove what is no longer
     wanted or changed (URL, name, credentials), then add what is missing or changed. One failing
     repository is reported in ``failed`` and does not stop the others; ids in the cluster's list without
     a k8srepos document are reported in ``unknown`` (and ``failed``). The outcome is recorded on the
-    cluster document; the activities record ``_admin.helm_charts_added`` as they go."""
+    cluster document; the activities record ``_admin.helm_charts_added`` as they go.
+
+    The whole sync, from reading what is configured to recording the outcome, holds the cluster's
+    repository lock (``repos_lock_ref``): a second SyncRepos of the cluster (the schedule's, or
+    InitCluster's first one) waits its turn and then works from what the first one left."""
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> SyncReposResult:
         inp = decode_input(SyncReposInput, raw, extra)
         cluster_uuid = validate_cluster_uuid(inp.cluster_uuid)
+        if not workflow.patched(PATCH_SYNC_LOCK):
+            return await self._sync(cluster_uuid)
+        async with release_lock(repos_lock_ref(cluster_uuid), "sync-repos"):
+            return await self._sync(cluster_uuid)
+
+    async def _sync(self, cluster_uuid: str) -> SyncReposResult:
         ref = ClusterRef(cluster_uuid)
         state: DesiredReposResult = await _call("repo_desired", ref, DesiredReposResult)
         desired = {r.id: r for r in state.desired}
@@ -286,4 +439,7 @@ class SyncRepos:
         return result
 
 
+#: The cluster workflows. They need ``workflows.KDU_WORKFLOWS`` (``UninstallKdu``, ``ReleaseLock``)
+#: and the ``kdu.*`` and ``lock.*`` activities on the same task queue: ResetCluster starts UninstallKdu
+#: children and SyncRepos takes a lock.
 CLUSTER_WORKFLOWS = [InitCluster, ResetCluster, SyncRepos]

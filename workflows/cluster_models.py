@@ -8,6 +8,7 @@ repository passwords and CA certificates are read from the store by the activiti
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,22 @@ class ResetClusterInput:
     #: Uninstall releases (pending ones included) when uninstall_sw is set; without it they are kept.
     force: bool = False
     uninstall_sw: bool = False
+
+
+@dataclass
+class ResetRecord:
+    """What a ResetCluster did with the cluster's releases, recorded in ``_admin.kduflow_reset``.
+
+    Entries are ``"namespace/name"``. ``failed`` maps a release to the error of its uninstall.
+    """
+
+    workflow_id: str = ""
+    uninstall_sw: bool = False
+    force: bool = False
+    uninstalled: list[str] = field(default_factory=list)
+    #: Releases left in place because ``force`` was off.
+    kept: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,10 +151,15 @@ class ClusterState:
 class RecordStateInput:
     cluster_uuid: str
     state: ClusterState
+    #: ResetCluster's outcome, written to ``_admin.kduflow_reset`` beside the state (None = none).
+    reset: ResetRecord | None = None
 
 
 @dataclass
 class UninstallAllInput:
+    """Input of the legacy ``cluster.uninstall_all`` activity (ResetCluster histories recorded
+    before it uninstalled each release through an UninstallKdu child workflow)."""
+
     cluster_uuid: str
     #: Without force nothing is uninstalled; the releases found are reported as kept.
     force: bool = False
@@ -168,6 +190,8 @@ class ScheduleResult:
     #: "created", "updated", "deleted", "absent"
     action: str = ""
     interval_s: int = 0
+    #: Deleting: workflow ids of the schedule's running SyncRepos runs that were asked to cancel.
+    cancelled: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -257,7 +281,7 @@ CLUSTER_ACTIVITY_NAMES = {
     "store_credentials": "cluster.store_credentials",  # StoreCredentialsInput -> None
     "ensure_namespace": "cluster.ensure_namespace",  # EnsureNamespaceInput -> EnsureNamespaceResult
     "record_state": "cluster.record_state",  # RecordStateInput -> None
-    "uninstall_all": "cluster.uninstall_all",  # UninstallAllInput -> UninstallAllResult
+    "uninstall_all": "cluster.uninstall_all",  # UninstallAllInput -> UninstallAllResult (legacy)
     "forget": "cluster.forget",  # ClusterRef -> None
     "upsert_schedule": "cluster.upsert_schedule",  # ScheduleInput -> ScheduleResult
     "delete_schedule": "cluster.delete_schedule",  # ClusterRef -> ScheduleResult
@@ -276,6 +300,25 @@ CLUSTER_ACTIVITY_NAMES = {
 def schedule_id_for(cluster_uuid: str) -> str:
     """Id of the per-cluster Temporal Schedule that runs SyncRepos."""
     return f"kduflow-sync-repos-{cluster_uuid}"
+
+
+#: Longest parent workflow id used verbatim in a child id; longer ones are shortened with a digest
+#: (Temporal refuses workflow ids over 1000 characters by default).
+_MAX_PARENT_ID = 200
+
+
+def uninstall_child_id(parent_workflow_id: str, namespace: str, name: str) -> str:
+    """Id of the UninstallKdu child ResetCluster starts for one release.
+
+    A function of the parent's workflow id and the release only: a re-run of the same reset (a
+    retry under the same workflow id, a reset of its history) addresses the same child instead of
+    starting a second uninstall of the release.
+    """
+    parent = parent_workflow_id
+    if len(parent) > _MAX_PARENT_ID:
+        digest = hashlib.sha256(parent.encode("utf-8")).hexdigest()[:16]
+        parent = f"{parent[:_MAX_PARENT_ID - 17]}-{digest}"
+    return f"{parent}/uninstall/{namespace}/{name}"
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
