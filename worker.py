@@ -27,8 +27,6 @@ from kduflow.plugin import KduflowPlugin
 
 log = logging.getLogger("kduflow.worker")
 
-#: How long running activities get to finish (helm is SIGTERMed, then waited for) on shutdown.
-GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +45,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     plugin = KduflowPlugin(settings=settings)
     # On the client, so its payload codec (when a key is set) applies; the worker inherits the plugin.
     client = await Client.connect(**connect, plugins=[plugin])
-    worker = Worker(client, task_queue=settings.task_queue, graceful_shutdown_timeout=GRACEFUL_SHUTDOWN)
+    # After the graceful period, running activities are cancelled as a worker shutdown: helm is left
+    # running (a redeploy is not a cancellation) and the next attempt adopts its outcome.
+    grace = timedelta(seconds=settings.graceful_shutdown)
+    worker = Worker(client, task_queue=settings.task_queue, graceful_shutdown_timeout=grace)
     if not plugin.encrypts_payloads:
         log.warning(
             "KDUFLOW_SECRET_KEY is not set: workflow inputs (chart values, kubeconfigs) are stored "
@@ -61,7 +62,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     )
     async with worker:
         await stop.wait()
-        log.info("stopping: letting running activities finish (up to %s)", GRACEFUL_SHUTDOWN)
+        log.info("stopping: letting running activities finish (up to %s)", grace)
 
 
 def main(argv: list[str] | None = None) -> int:

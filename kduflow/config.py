@@ -73,6 +73,9 @@ class Settings:
     #: Seconds after which a pending-* revision that no known helm process is writing counts as
     #: stuck and is recovered (its own helm timeout is unknown to kduflow).
     pending_stuck_after: int = 1800
+    #: Seconds running activities get to finish when the worker stops; then they are cancelled as a
+    #: worker shutdown, which leaves helm running for the next attempt to adopt.
+    graceful_shutdown: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -115,6 +118,7 @@ class Settings:
         if self.charts_dir is not None and not isinstance(self.charts_dir, Path):
             object.__setattr__(self, "charts_dir", Path(self.charts_dir))
         object.__setattr__(self, "poll_interval", float(self.poll_interval))
+        object.__setattr__(self, "graceful_shutdown", float(self.graceful_shutdown))
         for name in ("exec_plugins", "status_collections", "url_allowlist", "private_networks"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
@@ -153,6 +157,7 @@ class Settings:
             f"url_allowlist={','.join(self.url_allowlist) or '-'}",
             f"private_networks={','.join(self.private_networks) or '-'}",
             f"pending_stuck_after={self.pending_stuck_after}s",
+            f"graceful_shutdown={self.graceful_shutdown:g}s",
         ]
         return " ".join(parts)
 
@@ -216,6 +221,9 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("pending_stuck_after", "KDUFLOW_PENDING_STUCK_AFTER", "--pending-stuck-after",
           "seconds after which a pending-* release revision that no known helm process is writing "
           "counts as stuck and is recovered, plus a 120 s margin (default 1800)"),
+    _Spec("graceful_shutdown", "KDUFLOW_GRACEFUL_SHUTDOWN", "--graceful-shutdown",
+          "seconds running activities get to finish when the worker stops (default 30); helm "
+          "processes still running then are left to finish and their outcome is adopted by a retry"),
     _Spec("private_networks", "KDUFLOW_ALLOW_PRIVATE_NETWORKS", "--allow-private-networks",
           "comma-separated CIDRs (e.g. 10.20.0.0/16) that allowlisted URLs may resolve into although "
           "they are loopback, link-local, private or unspecified (default: none)"),
@@ -234,7 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if spec.flag is None:
             continue
         kwargs: dict[str, Any] = {"dest": spec.name, "default": None, "help": f"{spec.help} [env {spec.env}]"}
-        if spec.name == "poll_interval":
+        if spec.name in ("poll_interval", "graceful_shutdown", "pending_stuck_after"):
             kwargs["type"] = str  # validated by _build so the error names the flag and the value
         group.add_argument(spec.flag, **kwargs)
     group.add_argument("--secret-key-file", dest="secret_key_file", default=None,
@@ -521,6 +529,16 @@ def _validate_stuck_after(raw: Any, label: str, environ: Mapping[str, str]) -> i
     return int(text)
 
 
+def _validate_graceful_shutdown(raw: Any, label: str, environ: Mapping[str, str]) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label}={raw!r}: not a number of seconds") from None
+    if isinstance(raw, bool) or not math.isfinite(value) or not 0 <= value <= 86_400:
+        raise ConfigError(f"{label}={raw!r}: must be between 0 and 86400 seconds")
+    return value
+
+
 _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "helm": _validate_executable,
     "kubectl": _validate_executable,
@@ -538,4 +556,5 @@ _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "url_allowlist": _validate_url_allowlist,
     "private_networks": _validate_networks,
     "pending_stuck_after": _validate_stuck_after,
+    "graceful_shutdown": _validate_graceful_shutdown,
 }

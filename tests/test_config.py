@@ -64,6 +64,7 @@ def test_every_variable(env: dict[str, str], tmp_path: Path) -> None:
         KDUFLOW_URL_ALLOWLIST="https://charts.example.com/stable,oci://registry.example.com/charts,*.example.org",
         KDUFLOW_ALLOW_PRIVATE_NETWORKS="10.20.0.0/16,fd00::/8",
         KDUFLOW_PENDING_STUCK_AFTER="600",
+        KDUFLOW_GRACEFUL_SHUTDOWN="300",
     )
     settings = Settings.from_env(env)
     assert settings.helm == str(ROOT / "tools" / "helm4" / "helm")
@@ -84,6 +85,7 @@ def test_every_variable(env: dict[str, str], tmp_path: Path) -> None:
     )
     assert settings.private_networks == ("10.20.0.0/16", "fd00::/8")
     assert settings.pending_stuck_after == 600
+    assert settings.graceful_shutdown == 300.0
 
 
 def test_overrides_win_over_environment(env: dict[str, str], tmp_path: Path) -> None:
@@ -131,6 +133,8 @@ def test_overrides_win_over_environment(env: dict[str, str], tmp_path: Path) -> 
         ("KDUFLOW_ALLOW_PRIVATE_NETWORKS", "10.0.0.0/33", "KDUFLOW_ALLOW_PRIVATE_NETWORKS: '10.0.0.0/33'"),
         ("KDUFLOW_PENDING_STUCK_AFTER", "5", "KDUFLOW_PENDING_STUCK_AFTER='5': a whole number"),
         ("KDUFLOW_PENDING_STUCK_AFTER", "1e9", "KDUFLOW_PENDING_STUCK_AFTER='1e9'"),
+        ("KDUFLOW_GRACEFUL_SHUTDOWN", "soon", "KDUFLOW_GRACEFUL_SHUTDOWN='soon': not a number"),
+        ("KDUFLOW_GRACEFUL_SHUTDOWN", "-1", "KDUFLOW_GRACEFUL_SHUTDOWN='-1': must be between 0 and 86400"),
     ],
 )
 def test_invalid_values_name_variable_and_value(

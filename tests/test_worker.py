@@ -8,6 +8,7 @@ import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.worker import Worker
@@ -145,3 +146,36 @@ def test_dev_worker_starts_on_embedded_defaults_and_stops_on_ctrl_c(tmp_path: Pa
     assert "Traceback" not in out
     with socket.socket() as sock:  # the dev server went away with the worker
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def test_graceful_shutdown_setting_reaches_the_worker(tmp_path: Path, local_env: Any) -> None:
+    """KDUFLOW_GRACEFUL_SHUTDOWN: worker.py hands it to the SDK worker (its shutdown message says so)."""
+    import signal
+    import time
+
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "KDUFLOW_STATE_DIR": str(tmp_path / "state"),
+        "KDUFLOW_HELM": str(helm_tools("helm4").helm),
+        "KDUFLOW_KUBECTL": str(helm_tools("helm4").kubectl),
+        "TEMPORAL_ADDRESS": local_env.client.service_client.config.target_host,
+        "KDUFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
+        "KDUFLOW_GRACEFUL_SHUTDOWN": "42.5",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        lines: list[str] = []
+        while time.monotonic() < deadline and not any("kduflow worker on" in line for line in lines):
+            lines.append(proc.stdout.readline())
+        assert any("graceful_shutdown=42.5s" in line for line in lines), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "up to 0:00:42.500000" in out, out
