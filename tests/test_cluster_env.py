@@ -9,12 +9,10 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from temporalio.exceptions import ApplicationError
 
@@ -43,15 +41,6 @@ def kubeconfig(server: str = "https://10.20.30.40:6443", namespace: str = "kdu-n
 
 def key_setting(key_id: str = "k1", key: bytes | None = None) -> str:
     return f"{key_id}:{base64.b64encode(key or os.urandom(32)).decode()}"
-
-
-@pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store.open(Settings(state_dir=tmp_path / "db"))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def make_settings(tmp_path: Path, name: str = "worker1", dialect: str = "helm3") -> Settings:

@@ -11,12 +11,11 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -81,15 +80,6 @@ def listener() -> Iterator[RecordingListener]:
         yield recording
     finally:
         recording.close()
-
-
-@pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store.open(Settings(state_dir=tmp_path / "db"))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def settings(tmp_path: Path, **kw: Any) -> Settings:

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import stat
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import ScheduleDescription
@@ -53,15 +51,6 @@ sandbox = sandbox_support.sandbox
 
 def new_id() -> str:
     return str(uuid.uuid4())
-
-
-@pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store.open(Settings(state_dir=tmp_path / "db"))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def make(tools: HelmTools, store: Store, state_dir: Path, secret_key: str = "") -> ClusterActivities:

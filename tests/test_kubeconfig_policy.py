@@ -10,12 +10,10 @@ import stat
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import yaml
 from temporalio.exceptions import ApplicationError
 
@@ -379,15 +377,6 @@ def test_a_token_of_brackets_is_data() -> None:
 # ---------------------------------------------------------------------------------------------
 # Settings: KDUFLOW_EXEC_PLUGINS and KDUFLOW_ALLOW_KUBECONFIG_PROXY take effect.
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store.open(Settings(state_dir=tmp_path / "db"))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def settings_from_env(tmp_path: Path, tools: HelmTools, **variables: str) -> Settings:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -108,15 +107,6 @@ async def app_error(coro: Any) -> ApplicationError:
     with pytest.raises(ApplicationError) as info:
         await coro
     return info.value
-
-
-@pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store.open(Settings(state_dir=tmp_path / "db"))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 # ------------------------------------------------------------------------------------ address classes

@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
@@ -91,15 +90,6 @@ KUBECONFIG_DICT = {
     "users": [{"name": "u", "user": {"token": "unused"}}],
     "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
 }
-
-
-@pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store.open(Settings(state_dir=tmp_path / "db"))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def real_activities(
