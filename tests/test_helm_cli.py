@@ -653,8 +653,10 @@ def test_build_values_stdin_rejects_bad_dotted_keys(key: str) -> None:
         h.build_values_stdin({"db": {"name": "x"}}, {key: 1})
 
 
-def test_secret_strings_collects_string_leaves() -> None:
-    assert sorted(h.secret_strings({"a": "x", "b": [{"c": "y"}, 3], "d": {"e": True}})) == ["x", "y"]
+def test_secret_strings_collects_string_and_number_leaves() -> None:
+    # Numbers in every form helm prints them; booleans and null are not secrets.
+    found = h.secret_strings({"a": "x", "b": [{"c": "y"}, 3], "d": {"e": True, "f": None}, "g": 1234567})
+    assert sorted(found) == sorted(["x", "y", "3", "3.0", "1234567", "1234567.0", "1.234567e+06"])
 
 
 # ------------------------------------------------------------------------------ parsers (captured output)
