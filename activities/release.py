@@ -296,10 +296,13 @@ class ReleaseActivities:
             latest = history[-1]
             alive = _process_alive(previous)
             if alive is False:
-                activity.logger.info(
-                    "release %s is %s but the helm of the earlier attempt (pid %s) is gone",
-                    ref.kdu_instance, latest.status, previous.get("pid") if previous else "?",
-                )  # fmt: skip
+                # It may have finished between the history read and this check: look once more.
+                history = await self._history(env, version, ref)
+                if history and ReleaseStatus(history[-1].status).is_pending:
+                    activity.logger.info(
+                        "release %s is %s but the helm of the earlier attempt (pid %s) is gone",
+                        ref.kdu_instance, latest.status, previous.get("pid") if previous else "?",
+                    )  # fmt: skip
                 return history
             age = _age_seconds(latest.updated)
             # A revision whose time cannot be read is never taken for stuck: helm always writes it.
