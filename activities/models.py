@@ -394,6 +394,9 @@ class HelmRollbackInput:
     wait: bool = True
     timeout: int = 300
     operation_id: str = ""
+    #: A pending revision labelled with this operation id was written by a helm the caller saw
+    #: exit (the failed or cancelled upgrade being undone): it is rolled back at once, not waited for.
+    exited_operation_id: str = ""
 
 
 @dataclass

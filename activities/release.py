@@ -835,9 +835,17 @@ class ReleaseActivities:
             raise InvalidInput(
                 f"revision: release {ref.kdu_instance!r} has no revision {inp.revision} in its history"
             )
-        before = await self._settle_pending(
-            env, version, ref, before, own_timeout=inp.timeout if _from_previous_attempt(before[-1]) else None
+        exited = (
+            ReleaseStatus(before[-1].status).is_pending
+            and bool(inp.exited_operation_id)
+            and await self._carries_marker(env, version, ref, inp.exited_operation_id)
         )
+        if not exited:
+            # Someone's helm may still be writing a pending revision: wait while it may run.
+            before = await self._settle_pending(
+                env, version, ref, before,
+                own_timeout=inp.timeout if _from_previous_attempt(before[-1]) else None,
+            )  # fmt: skip
         if not before:
             raise ReleaseNotFound(f"kdu_instance: release {ref.kdu_instance!r} not found in {_ns(ref)!r}")
         latest = before[-1]
@@ -846,9 +854,8 @@ class ReleaseActivities:
             and latest.description == f"Rollback to {inp.revision}"
         ):
             return await self._observe(env, version, ref)
-        if ReleaseStatus(latest.status).is_pending:
-            await self._recover_stuck(env, version, ref, before, inp.timeout)
-            before = await self._history(env, version, ref)
+        # A pending revision left now (stuck, or written by a helm known to have exited) is cleared
+        # by the rollback itself: helm rolls back from a pending revision.
         helm_timeout = self._helm_timeout(inp.timeout)
         res = await self._rollback(env, version, ref, inp.revision, helm_timeout, inp.wait)
         if not res.ok:

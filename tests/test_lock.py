@@ -140,6 +140,12 @@ async def test_a_cancelled_waiter_withdraws_and_the_next_one_gets_the_lock(
     first = await env.start(UpgradeKdu.run, upgrade())
     await asyncio.wait_for(cluster.upgrade_started.wait(), 20)
     waiter = await env.start(UpgradeKdu.run, upgrade(params={"replicaCount": 5}))
+
+    async def waiter_queued() -> bool:
+        return await holder_and_queue(env) == (first.id, [waiter.id])
+
+    # One at a time: two requests started together may reach the lock in either order.
+    await eventually(waiter_queued)
     last = await env.start(UninstallKdu.run, UninstallKduInput("c1", "web", "ns1"))
 
     async def both_queued() -> bool:

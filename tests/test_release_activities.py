@@ -395,6 +395,35 @@ async def test_someone_elses_pending_release_waits_then_is_recovered_once_stuck(
 
 
 @needs_sandbox
+async def test_rollback_of_a_failed_upgrade_whose_helm_exited_does_not_wait(
+    acts: ReleaseActivities, tools, kube_env
+) -> None:
+    """The API failed helm's final status write, so its revision stays pending-upgrade after helm
+    exited; the workflow saw the failure and says so: the rollback clears it at once."""
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "exited")
+    await env.run(acts.install, HelmInstallInput(ref, chart="webapp", timeout=60, operation_id="i"))
+    proc = start_helm_upgrade(tools, kube_env, ref, b'{"ready": false}', "failed-upgrade")
+    await wait_status(tools, kube_env, ref, "pending-upgrade")
+    proc.kill()  # stands in for helm exiting without recording its outcome
+    proc.wait()
+    acts.stuck_margin = 3600  # without the hint this would wait (and run out of time)
+    quick = ActivityEnvironment()
+    quick.info = dataclasses.replace(
+        quick.info, started_time=datetime.datetime.now(datetime.UTC),
+        start_to_close_timeout=datetime.timedelta(seconds=90), schedule_to_close_timeout=None,
+    )  # fmt: skip
+    inp = HelmRollbackInput(
+        ref, revision=1, timeout=60, operation_id="rb", exited_operation_id="failed-upgrade"
+    )
+    started = time.monotonic()
+    done = await quick.run(acts.rollback, inp)
+    assert (done.revision, done.status) == (3, "deployed")
+    assert time.monotonic() - started < 30
+    await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+
+
+@needs_sandbox
 async def test_cancelled_install_terminates_helm_which_records_failed_not_pending(
     acts: ReleaseActivities, tools
 ) -> None:

@@ -310,7 +310,12 @@ async def _written_revision(ref: ReleaseRef, before: int, err: BaseException) ->
     return False, 0
 
 
-async def _rollback_to(plan: _UpgradePlan, target: int, step: str) -> ReleaseInfo:
+async def _rollback_to(plan: _UpgradePlan, target: int, step: str, *, helm_exited: bool) -> ReleaseInfo:
+    """Roll back to ``target``. ``helm_exited``: the upgrade's helm is known to have exited (the
+    activity itself reported the failure, or was cancelled and reaped it), so a revision it left
+    pending is not waited for. An activity that timed out may have left helm running: then the
+    rollback waits for it like for anyone's pending revision. Only the activity input changes with
+    this flag, not the command sequence: no ``workflow.patched`` is needed."""
     return await _run_with_status(
         ACTIVITY_NAMES["rollback"],
         HelmRollbackInput(
@@ -319,6 +324,7 @@ async def _rollback_to(plan: _UpgradePlan, target: int, step: str) -> ReleaseInf
             wait=True,
             timeout=plan.timeout,
             operation_id=common.operation_id(step),
+            exited_operation_id=plan.helm_input.operation_id if helm_exited else "",
         ),
         ReleaseInfo,
         plan.ref,
@@ -363,7 +369,10 @@ async def _remediate(
     # The explicit revision recorded before the upgrade, with --wait: "rolled back" must mean the
     # old revision is serving again, not merely that helm accepted the rollback.
     try:
-        restored = await _rollback_to(plan, restore.revision, f"{plan.operation}-rollback")
+        restored = await _rollback_to(
+            plan, restore.revision, f"{plan.operation}-rollback",
+            helm_exited=common.application_cause(err) is not None,
+        )  # fmt: skip
     except (ActivityError, asyncio.CancelledError) as rb_err:
         if common.is_workflow_cancellation(rb_err):
             await common.shielded(
@@ -407,7 +416,9 @@ async def _compensate_cancel(plan: _UpgradePlan, current: int, restore: Revision
             # cancelled before writing one, there is nothing to undo.
             entries = await _history(plan.ref)
             if entries and entries[-1].revision > current:
-                restored = await _rollback_to(plan, restore.revision, f"{plan.operation}-cancel-rollback")
+                restored = await _rollback_to(
+                    plan, restore.revision, f"{plan.operation}-cancel-rollback", helm_exited=True
+                )
                 note += (
                     f"; rolled back to revision {restore.revision} (recorded as revision {restored.revision})"
                 )
