@@ -344,7 +344,7 @@ def upgrade_values_flags(reuse_values: bool, reset_values: bool) -> list[str]:
     - both: ``--reset-then-reuse-values`` (new chart defaults, then previous values, then new ones);
     - neither: no flag (helm's default: previous values only when no new values are given).
 
-    N2VC tested ``reuse_values`` first and so never emitted the combined flag (defect E.16).
+    N2VC tested ``reuse_values`` first and so never emitted the combined flag.
     """
     if reset_values and reuse_values:
         return ["--reset-then-reuse-values"]

@@ -428,7 +428,8 @@ def _load(credentials: Any) -> Any:
         _prescan(credentials)
         try:
             # A SafeLoader subclass (pure Python): safe tags only, nesting refused as it is read.
-            config = yaml.load(credentials, Loader=_NestingLoader)
+            # _NestingLoader is a yaml.SafeLoader subclass: safe_load with a nesting fence.
+            config = yaml.load(credentials, Loader=_NestingLoader)  # noqa: S506
         except _Refusal:
             raise
         except yaml.MarkedYAMLError as err:

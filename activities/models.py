@@ -174,7 +174,7 @@ class KduInstancesInput:
 class InspectKduInput:
     #: Chart reference, same forms as InstallKduInput.kdu_model.
     kdu_model: str
-    #: Cluster whose repositories resolve "repo/chart" (N2VC inspects without one and breaks: E.8).
+    #: Cluster whose repositories resolve "repo/chart" (N2VC inspected without one and failed).
     cluster_uuid: str = ""
     version: str = ""
     #: Optional repository URL: "chart" is then looked up there (helm --repo).

@@ -1036,7 +1036,7 @@ def _inspect_chart(inp: InspectInput, charts_dir: Path | None) -> ChartRef:
     if not inp.repo_url:
         return helm_cli.parse_kdu_model(inp.chart, inp.version, charts_dir)
     name, _, suffix = inp.chart.partition(":")
-    name = name.rsplit("/", 1)[-1]  # "stable/x" with an explicit repo URL: the chart is "x" (N2VC E.8)
+    name = name.rsplit("/", 1)[-1]  # "stable/x" with an explicit repo URL: the chart is "x"
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
         raise InvalidInput(f"kdu_model: {inp.chart!r} is not a chart name to look up in repo_url")
     return ChartRef("repo", name, inp.version or helm_cli.check_chart_version(suffix, "kdu_model"))

@@ -1,7 +1,7 @@
 """Encryption at rest for secrets kduflow keeps in MongoDB (kubeconfigs, repository passwords).
 
 OSM stores cluster kubeconfigs and repository passwords in clear text, both in MongoDB and in
-GridFS (reference E.28). kduflow encrypts them with AES-256-GCM when ``KDUFLOW_SECRET_KEY`` is set.
+GridFS. kduflow encrypts them with AES-256-GCM when ``KDUFLOW_SECRET_KEY`` is set.
 An encrypted value is stored as an envelope::
 
     {"kduflow_encrypted": {"v": 1, "key_id": "k1", "nonce": "<b64>", "ciphertext": "<b64>"}}

@@ -17,7 +17,7 @@ What MongoDB gets, under ``db_dict.path`` (OSM's four fields plus one sub-docume
 * ``status`` -- helm's ``info.description`` ("Install complete"), as OSM writes it
 * ``detailed-status`` -- a short human summary (<= 1 KB), e.g.
   ``"deployed rev 3: 4/5 resources ready; not ready: Deployment web (1/3 replicas ready)"``.
-  OSM wrote the repr of the whole release there, values and manifest included (N2VC E.25).
+  OSM wrote the repr of the whole release there, values and manifest included.
   Never values, manifests, notes or secret data here.
 * ``status-time`` -- ``str(time.time())``, like OSM
 * ``kduflow`` -- ``{phase, operation, release_status, revision, chart, app_version, released, ready,
