@@ -33,6 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delete-delay", type=float, default=0.0)
     p.add_argument("--aggregated", action="store_true", help="serve aggregated discovery")
     p.add_argument("--seed", type=int, default=0)
+    faults = p.add_argument_group("fault injection (off by default; deterministic for a --seed)")
+    faults.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered an error")
+    faults.add_argument("--error-status", type=int, default=500, help="HTTP status of those (default 500)")
+    faults.add_argument("--retry-after", type=int, default=None, help="Retry-After seconds sent with them")
+    faults.add_argument("--drop-rate", type=float, default=0.0, help="share of connections closed unanswered")
+    faults.add_argument("--latency", type=float, default=0.0, help="seconds added to every API request")
+    faults.add_argument(
+        "--fault-filter", default=None, help='fnmatch patterns on "VERB /path/{template}", "|"-separated'
+    )
+    faults.add_argument("--drop-filter", default=None, help="drop only requests matching these patterns")
+    faults.add_argument("--fault-limit", type=int, default=None, help="inject at most this many faults")
     args = p.parse_args(argv)
     token = args.token or os.environ.get("SANDBOX_TOKEN") or None
     try:
@@ -46,7 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             port=args.port,
         )
-    except ValueError as e:
+        cluster.set_faults(
+            args.error_rate,
+            args.drop_rate,
+            args.latency,
+            error_status=args.error_status,
+            retry_after=args.retry_after,
+            only=args.fault_filter,
+            drop_only=args.drop_filter,
+            limit=args.fault_limit,
+        )
+    except (TypeError, ValueError) as e:
         p.error(str(e))
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -104,18 +104,42 @@ class Config:
     error_rate: float = 0.0
     drop_rate: float = 0.0
     latency: float = 0.0
+    #: HTTP status of an injected error answer (500 by default; 403 with error_rate 1 is a cluster
+    #: that refuses everything, 429/503 a throttling or overloaded one).
+    error_status: int = 500
+    #: Seconds sent as ``Retry-After`` with injected error answers (None: no header). client-go (helm,
+    #: kubectl) retries a 429/5xx answer that carries it, as a real server's throttling asks.
+    retry_after: int | None = None
+    #: fnmatch pattern(s) on the request's counter key ("VERB /path/{template}"), alternatives
+    #: separated by "|": only matching requests get faults and latency (None: every API request).
+    fault_filter: str | None = None
+    #: Further limits drops to matching requests, same syntax ("GET *|WATCH *": only requests that
+    #: clients may resend; None: every request fault_filter lets through).
+    drop_filter: str | None = None
+    #: At most this many faults (errors + drops) are injected, then requests pass again (None: no
+    #: limit); setting it restarts the count. Latency is not limited.
+    fault_limit: int | None = None
+    #: Seed of the fault decisions (None: the cluster's seed); setting it restarts the sequence.
+    fault_seed: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "ready_delay": self.ready_delay,
-            "lb_delay": self.lb_delay,
-            "delete_delay": self.delete_delay,
-            "never_ready": self.never_ready,
-            "error_rate": self.error_rate,
-            "drop_rate": self.drop_rate,
-            "latency": self.latency,
-        }
+        with self.lock:
+            return {
+                "ready_delay": self.ready_delay,
+                "lb_delay": self.lb_delay,
+                "delete_delay": self.delete_delay,
+                "never_ready": self.never_ready,
+                "error_rate": self.error_rate,
+                "drop_rate": self.drop_rate,
+                "latency": self.latency,
+                "error_status": self.error_status,
+                "retry_after": self.retry_after,
+                "fault_filter": self.fault_filter,
+                "drop_filter": self.drop_filter,
+                "fault_limit": self.fault_limit,
+                "fault_seed": self.fault_seed,
+            }
 
 
 def spec_part(obj: dict[str, Any]) -> dict[str, Any]:

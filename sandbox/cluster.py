@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import fnmatch
 import math
 import os
 import random
@@ -21,6 +22,14 @@ from .controllers import Controllers
 from .resources import Registry
 from .server import SandboxHTTPServer
 from .tls import Certs, make_certs
+
+#: Kinds of injected faults counted by :meth:`SandboxCluster.fault_counts`.
+FAULT_KINDS = ("error", "drop", "latency")
+
+
+def _matches(key: str, patterns: str | None) -> bool:
+    """Whether ``key`` matches one of the ``|``-separated fnmatch ``patterns`` (None matches all)."""
+    return patterns is None or any(fnmatch.fnmatchcase(key, p.strip()) for p in patterns.split("|"))
 
 
 class SandboxCluster:
@@ -56,6 +65,8 @@ class SandboxCluster:
         self.api = Api(self.store, self.registry, self.config, seed)
         self.controllers = Controllers(self.api)
         self._fault_rng = random.Random(seed)
+        self._fault_counts = dict.fromkeys(FAULT_KINDS, 0)
+        self._faults_left: int | None = None
         self._counters: dict[str, int] = {}
         self._total = 0
         self._counter_lock = threading.Lock()
@@ -166,8 +177,10 @@ class SandboxCluster:
                 raise ValueError(f"{k} must be a non-negative number, got {v!r}")
 
     def configure(self, **changes: Any) -> None:
-        """Set any of ready_delay, lb_delay, delete_delay, never_ready, error_rate, drop_rate, latency.
-        Raises ValueError/TypeError naming the bad key (the HTTP control surface answers 400)."""
+        """Set any of ready_delay, lb_delay, delete_delay, never_ready, error_rate, drop_rate, latency,
+        error_status, retry_after, fault_filter, drop_filter, fault_limit, fault_seed. Raises
+        ValueError/TypeError naming the bad key (the HTTP control surface answers 400); nothing changes
+        when a key is bad."""
         allowed = {
             "ready_delay",
             "lb_delay",
@@ -176,24 +189,59 @@ class SandboxCluster:
             "error_rate",
             "drop_rate",
             "latency",
+            "error_status",
+            "retry_after",
+            "fault_filter",
+            "drop_filter",
+            "fault_limit",
+            "fault_seed",
         }
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        if (
-            "never_ready" in changes
-            and changes["never_ready"] is not None
-            and not isinstance(changes["never_ready"], str)
-        ):
-            raise TypeError("never_ready must be a string pattern or null")
-        numbers = {k: v for k, v in changes.items() if k != "never_ready"}
+        for k in ("never_ready", "fault_filter", "drop_filter"):
+            if k in changes and changes[k] is not None and not isinstance(changes[k], str):
+                raise TypeError(f"{k} must be a string pattern or null")
+        if "error_status" in changes:
+            status = changes["error_status"]
+            if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+                raise ValueError(f"error_status must be an HTTP error status (400-599), got {status!r}")
+        if "retry_after" in changes:
+            after = changes["retry_after"]
+            if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+                raise ValueError(f"retry_after must be a whole number of seconds or null, got {after!r}")
+        if "fault_limit" in changes:
+            limit = changes["fault_limit"]
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+                raise ValueError(f"fault_limit must be a whole number or null, got {limit!r}")
+        if "fault_seed" in changes:
+            seed = changes["fault_seed"]
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise TypeError(f"fault_seed must be an integer or null, got {seed!r}")
+        special = {
+            "never_ready",
+            "fault_filter",
+            "drop_filter",
+            "error_status",
+            "retry_after",
+            "fault_limit",
+            "fault_seed",
+        }
+        numbers = {k: v for k, v in changes.items() if k not in special}
         self._check_delays(**numbers)
         for k in ("error_rate", "drop_rate"):
             if k in numbers and numbers[k] > 1:
                 raise ValueError(f"{k} must be between 0 and 1")
-        with self.store.lock:
+        # Writers take both locks: the controllers read under the store's lock, the HTTP threads'
+        # fault decisions under the config's.
+        with self.store.lock, self.config.lock:
             for k, v in changes.items():
                 setattr(self.config, k, v)
+            if "fault_limit" in changes:
+                self._faults_left = changes["fault_limit"]
+            if "fault_seed" in changes:
+                seed = changes["fault_seed"]
+                self._fault_rng = random.Random(self._seed if seed is None else seed)
         self.controllers.wake.set()
 
     def set_never_ready(self, pattern: str | None) -> None:
@@ -209,22 +257,71 @@ class SandboxCluster:
     def set_lb_delay(self, seconds: float) -> None:
         self.configure(lb_delay=seconds)
 
-    def set_faults(self, error_rate: float = 0.0, drop_rate: float = 0.0, latency: float = 0.0) -> None:
-        """Per API request: answer 500 with probability error_rate, close the connection unanswered with
-        probability drop_rate, sleep ``latency`` seconds first. Deterministic for a given seed."""
-        self.configure(error_rate=error_rate, drop_rate=drop_rate, latency=latency)
+    def set_faults(
+        self,
+        error_rate: float = 0.0,
+        drop_rate: float = 0.0,
+        latency: float = 0.0,
+        *,
+        error_status: int = 500,
+        retry_after: int | None = None,
+        only: str | None = None,
+        drop_only: str | None = None,
+        limit: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Per API request: close the connection unanswered with probability ``drop_rate``, else
+        answer ``error_status`` (500 by default; with a ``Retry-After: retry_after`` header when given)
+        with probability ``error_rate``; sleep ``latency`` seconds first.
 
-    def fault_decision(self) -> tuple[str | None, float]:
+        ``only``: fnmatch patterns on the request's counter key, alternatives separated by ``|``
+        (``"PUT */secrets/*|POST *"``), that limit faults and latency to matching requests;
+        ``drop_only`` further limits drops (``"GET *|WATCH *"``: only requests a client may resend,
+        as client-go does). ``limit``: at most that many faults, then requests pass (latency stays).
+        The decisions follow one random sequence seeded with ``seed`` (default:
+        the cluster's seed), restarted by every call: for one order of requests the faults are the
+        same on every run. ``set_faults()`` turns everything off."""
+        self.configure(
+            error_rate=error_rate,
+            drop_rate=drop_rate,
+            latency=latency,
+            error_status=error_status,
+            retry_after=retry_after,
+            fault_filter=only,
+            drop_filter=drop_only,
+            fault_limit=limit,
+            fault_seed=seed,
+        )
+
+    def fault_decision(self, key: str = "") -> tuple[str | None, float]:
+        """What to do with the API request counted as ``key``: ``(None | "error" | "drop", latency)``.
+        Every injected fault and every delayed request is counted (:meth:`fault_counts`)."""
         with self.config.lock:
             c = self.config
-            if not (c.error_rate or c.drop_rate):
-                return None, c.latency
-            drop, err = self._fault_rng.random(), self._fault_rng.random()
-            if drop < c.drop_rate:
-                return "drop", c.latency
-            if err < c.error_rate:
-                return "error", c.latency
-            return None, c.latency
+            if not _matches(key, c.fault_filter):
+                return None, 0.0
+            fault: str | None = None
+            if (c.error_rate or c.drop_rate) and self._faults_left != 0:
+                drop, err = self._fault_rng.random(), self._fault_rng.random()
+                if drop < c.drop_rate and _matches(key, c.drop_filter):
+                    fault = "drop"
+                elif err < c.error_rate:
+                    fault = "error"
+                if fault is not None and self._faults_left is not None:
+                    self._faults_left -= 1
+            latency = c.latency
+        with self._counter_lock:
+            if fault is not None:
+                self._fault_counts[fault] += 1
+            if latency > 0:
+                self._fault_counts["latency"] += 1
+        return fault, latency
+
+    def fault_counts(self) -> dict[str, int]:
+        """Injected faults since the last counter reset: ``{"error": n, "drop": n, "latency": n}``
+        (latency: requests delayed)."""
+        with self._counter_lock:
+            return dict(self._fault_counts)
 
     # ---- counters ----
 
@@ -239,9 +336,11 @@ class SandboxCluster:
             return dict(self._counters)
 
     def reset_counters(self) -> None:
+        """Zero the request counters and the injected-fault counts."""
         with self._counter_lock:
             self._counters.clear()
             self._total = 0
+            self._fault_counts = dict.fromkeys(FAULT_KINDS, 0)
 
     def total_requests(self) -> int:
         with self._counter_lock:
@@ -289,15 +388,26 @@ class SandboxCluster:
             "objects": objects,
             "counters": self.counters(),
             "total_requests": self.total_requests(),
+            "faults": self.fault_counts(),
         }
 
     def reset(self) -> None:
         """Back to a fresh cluster: only the default namespaces, constructor delays, no faults, no
         never-ready rule, zero counters. Old resourceVersions answer 410 Gone."""
-        self.configure(never_ready=None, error_rate=0.0, drop_rate=0.0, latency=0.0, **self._initial)
+        self.configure(
+            never_ready=None,
+            error_rate=0.0,
+            drop_rate=0.0,
+            latency=0.0,
+            error_status=500,
+            retry_after=None,
+            fault_filter=None,
+            drop_filter=None,
+            fault_limit=None,
+            fault_seed=None,
+            **self._initial,
+        )
         with self.store.lock:
             self.api.reset()
             self.controllers.seen.clear()
-        with self.config.lock:
-            self._fault_rng = random.Random(self._seed)
         self.reset_counters()

@@ -170,8 +170,16 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(413, "RequestEntityTooLarge", "request body too large")
         return self.rfile.read(length) if length > 0 else b""
 
-    def _send(self, code: int, data: bytes, content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        code: int,
+        data: bytes,
+        content_type: str = "application/json",
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
+        for name, value in (extra_headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-cache, private")
@@ -210,19 +218,23 @@ class Handler(BaseHTTPRequestHandler):
                 self._control(url.path, query, body)
                 return
             is_watch = self.command == "GET" and query.get("watch") in ("true", "1")
-            cluster.count(f"{'WATCH' if is_watch else self.command} {path_template(url.path)}")
+            key = f"{'WATCH' if is_watch else self.command} {path_template(url.path)}"
+            cluster.count(key)
             if not self._authorized():
                 self._send_error(ApiError(401, "Unauthorized", "Unauthorized"))
                 return
-            fault, latency = cluster.fault_decision()
+            fault, latency = cluster.fault_decision(key)
             if latency > 0:
                 time.sleep(latency)
             if fault == "drop":
                 raise _Drop()
             if fault == "error":
-                self._send_error(
-                    ApiError(500, "InternalError", "Internal error occurred: sandbox injected fault")
-                )
+                err = injected_error(cluster.config.error_status)
+                after = cluster.config.retry_after
+                if after is None:
+                    self._send_error(err)
+                else:
+                    self._send(err.code, dumps(err.status()), extra_headers={"Retry-After": str(after)})
                 return
             self._route(url.path, query, body)
         except _Drop:
@@ -604,7 +616,14 @@ class Handler(BaseHTTPRequestHandler):
         what = path[len("/_sandbox") :].strip("/")
         method = self.command
         if what == "counters" and method == "GET":
-            self._send_json(200, {"counters": cluster.counters(), "total": cluster.total_requests()})
+            self._send_json(
+                200,
+                {
+                    "counters": cluster.counters(),
+                    "total": cluster.total_requests(),
+                    "faults": cluster.fault_counts(),
+                },
+            )
         elif what == "counters" and method == "DELETE":
             cluster.reset_counters()
             self._send_json(200, {"ok": True})
@@ -633,6 +652,26 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"items": items})
         else:
             raise ApiError(404, "NotFound", f"unknown sandbox control endpoint {method} {path}")
+
+
+#: Status reasons of injected error answers, as a real API server words them.
+_FAULT_REASONS = {
+    400: ("BadRequest", "the server rejected our request for an unknown reason"),
+    401: ("Unauthorized", "Unauthorized"),
+    403: ("Forbidden", "forbidden: the sandbox refuses this request (injected fault)"),
+    404: ("NotFound", NOT_FOUND_MSG),
+    409: ("Conflict", "the object has been modified; please apply your changes to the latest version"),
+    429: ("TooManyRequests", "the server has received too many requests and has asked us to try again later"),
+    500: ("InternalError", "Internal error occurred: sandbox injected fault"),
+    503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
+    504: ("Timeout", "the server was unable to return a response in the time allotted"),
+}
+
+
+def injected_error(status: int) -> ApiError:
+    """The Status answer of an injected error with HTTP ``status``."""
+    reason, message = _FAULT_REASONS.get(status, ("InternalError", f"sandbox injected fault {status}"))
+    return ApiError(status, reason, message)
 
 
 def not_found_plain(message: str) -> ApiError:
