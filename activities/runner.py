@@ -155,11 +155,15 @@ class Runner:
             except PermissionError as exc:
                 raise UnsupportedHelm(f"executable not runnable: {argv[0]}") from exc
             exited = _watch_exit(proc)
+            label = _label(argv)
+            beat = {"command": label, "pid": proc.pid, "host": HOST, "started_at": int(started_at)}
+            if activity.in_activity():
+                # At once, not after the first interval: a crash in helm's first seconds must still
+                # leave the pid to the next attempt, or it has to wait out helm's whole timeout.
+                activity.heartbeat({**beat, "elapsed_s": 0})
             if stdin is not None:
                 await _feed(proc, stdin)
             deadline = started + timeout
-            label = _label(argv)
-            beat = {"command": label, "pid": proc.pid, "host": HOST, "started_at": int(started_at)}
             try:
                 while True:
                     remaining = deadline - time.monotonic()

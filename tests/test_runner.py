@@ -194,6 +194,27 @@ async def test_run_heartbeats_inside_an_activity(tmp_path: Path) -> None:
     assert detail["command"].startswith("python")
 
 
+async def test_run_heartbeats_the_pid_at_once(tmp_path: Path) -> None:
+    """A crash in helm's first seconds must still leave its pid to the next attempt: the first
+    heartbeat goes out as soon as the process exists, not after the first interval."""
+    argv = script(tmp_path, "import time; time.sleep(0.5)")
+    beats: list[tuple[float, dict]] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append((time.monotonic(), details[0]))
+
+    @activity.defn
+    async def run_it() -> float:
+        started = time.monotonic()
+        await Runner().run(argv, env=ENV, timeout=10, heartbeat_every=60)
+        return started
+
+    started = await env.run(run_it)
+    assert beats, "no heartbeat while the process ran"
+    at, detail = beats[0]
+    assert at - started < 0.3
+    assert detail["elapsed_s"] == 0 and detail["pid"] > 0
+
+
 async def test_run_activity_cancellation_stops_the_child(tmp_path: Path) -> None:
     argv = script(tmp_path, TRAP.format(exit_on_term=True))
     env = ActivityEnvironment()
