@@ -35,7 +35,16 @@ LOCK_WORKFLOW = "ReleaseLock"
 
 
 class LockActivities:
-    """The ``lock.*`` activities. They need nothing but the activity's Temporal client."""
+    """The ``lock.*`` activities. They need nothing but the activity's Temporal client.
+
+    Args:
+        task_queue: Where lock workflows run (``KDUFLOW_LOCK_TASK_QUEUE``). Every kduflow worker
+            polls it, so a lock stays reachable when the queue of whoever started it has no worker
+            left. Empty: the requester's own queue (what the request names).
+    """
+
+    def __init__(self, task_queue: str = "") -> None:
+        self.task_queue = task_queue
 
     @activity.defn(name=ACTIVITY_NAMES["lock_request"])
     async def request(self, inp: LockRequestInput) -> LockAnswer:
@@ -45,7 +54,7 @@ class LockActivities:
             LOCK_WORKFLOW,
             LockState(ref=inp.ref),
             id=inp.lock_id,
-            task_queue=inp.task_queue,
+            task_queue=self.task_queue or inp.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         )
         try:

@@ -57,6 +57,10 @@ class Settings:
     mongo_uri: str = ""
     mongo_db: str = "osm"
     task_queue: str = "kduflow"
+    #: Task queue of the per-release lock workflows, shared by every kduflow worker of a namespace
+    #: whatever queue its operations use: a lock must stay reachable after any one queue loses
+    #: its workers.
+    lock_task_queue: str = "kduflow-locks"
     secret_key: str = ""
     poll_interval: float = 5.0
     stable_repo_url: str = ""
@@ -148,6 +152,7 @@ class Settings:
             f"store={store}",
             f"mongo_db={self.mongo_db}",
             f"task_queue={self.task_queue}",
+            f"lock_task_queue={self.lock_task_queue}",
             f"encryption={secret}",
             f"poll_interval={self.poll_interval:g}s",
             f"stable_repo_url={redact_uri(self.stable_repo_url) if self.stable_repo_url else '-'}",
@@ -202,6 +207,9 @@ _SPECS: tuple[_Spec, ...] = (
           "A URI with a password belongs in MONGO_URI, not on the command line"),
     _Spec("mongo_db", "KDUFLOW_MONGO_DB", "--mongo-db", "MongoDB database name (default osm)"),
     _Spec("task_queue", "KDUFLOW_TASK_QUEUE", "--task-queue", "Temporal task queue (default kduflow)"),
+    _Spec("lock_task_queue", "KDUFLOW_LOCK_TASK_QUEUE", "--lock-task-queue",
+          "task queue of the per-release lock workflows; every kduflow worker of the Temporal "
+          "namespace also polls it, whatever its own task queue (default kduflow-locks)"),
     _Spec("secret_key", "KDUFLOW_SECRET_KEY", None,
           "AES-256-GCM keys '<key-id>:<base64 32 bytes>[,...]'; first encrypts, all decrypt", secret=True),
     _Spec("poll_interval", "KDUFLOW_POLL_INTERVAL", "--poll-interval",
@@ -547,6 +555,7 @@ _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "mongo_uri": _validate_mongo_uri,
     "mongo_db": _validate_mongo_db,
     "task_queue": _validate_task_queue,
+    "lock_task_queue": _validate_task_queue,
     "secret_key": _validate_secret_key,
     "poll_interval": _validate_poll_interval,
     "stable_repo_url": _validate_url,

@@ -14,14 +14,14 @@ share (the store client and the per-cluster environments) and closes them when t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import WorkerConfig
+from temporalio.worker import Worker, WorkerConfig
 
 from activities.cluster_env import ClusterEnvs
 from activities.clusters import ClusterActivities
@@ -36,6 +36,7 @@ from kduflow.codec import InputPayloadConverter, data_converter, encrypts
 from kduflow.config import Settings
 from workflows import KDU_WORKFLOWS
 from workflows.cluster import CLUSTER_WORKFLOWS
+from workflows.lock import ReleaseLock
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class KduflowPlugin(SimplePlugin):
         )
         self.status = StatusActivities(self.settings, self.envs, self.store)
         self.clusters = ClusterActivities(self.settings, self.envs, self.store)
+        self.lock = LockActivities(self.settings.lock_task_queue)
         super().__init__(
             "kduflow.KduflowPlugin",
             # A callable: it wraps whatever converter the client already has (see _data_converter).
@@ -99,7 +101,7 @@ class KduflowPlugin(SimplePlugin):
                 *activity_methods(self.status),
                 *activity_methods(self.repos),
                 *activity_methods(self.clusters),
-                *activity_methods(LockActivities()),
+                *activity_methods(self.lock),
             ],
             run_context=self._run_context,
         )
@@ -136,6 +138,29 @@ class KduflowPlugin(SimplePlugin):
         ):
             config["max_heartbeat_throttle_interval"] = HEARTBEAT_THROTTLE
         return config
+
+    async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
+        """See base class. A worker on another queue than the lock queue also polls the lock queue.
+
+        Lock workflows run on ``settings.lock_task_queue`` whatever queue their requester used, so
+        every kduflow worker serves them: the companion worker runs only the ``ReleaseLock``
+        workflow and the ``lock.*`` activities, and stops with the worker it accompanies.
+        """
+        lock_queue = self.settings.lock_task_queue
+        if worker.task_queue == lock_queue:
+            await super().run_worker(worker, next)
+            return
+        config = worker.client.config()
+        config["plugins"] = []  # the companion must not get this plugin's whole registration again
+        companion = Worker(
+            Client(**config),
+            task_queue=lock_queue,
+            workflows=[ReleaseLock],
+            activities=activity_methods(self.lock),
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        )
+        async with companion:
+            await super().run_worker(worker, next)
 
     @asynccontextmanager
     async def _run_context(self) -> AsyncIterator[None]:

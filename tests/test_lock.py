@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,12 @@ import pytest_asyncio
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities.models import LockState, ReleaseRef, UninstallKduInput, UpgradeKduInput
+from kduflow.config import Settings
+from kduflow.plugin import KduflowPlugin
+from tests.support.lock_holder import HoldReleaseLock
 from tests.support.workflows import FakeCluster, KduTestEnv, kdu_test_env
 from workflows.kdu import UninstallKdu, UpgradeKdu
 from workflows.lock import ReleaseLock, lock_id
@@ -186,3 +191,34 @@ async def test_three_simultaneous_upgrades_run_one_after_another(
     assert [e.status for e in cluster.releases["web"].history] == ["superseded"] * 4 + ["deployed"]
     expected = [u.expected_revision for u in cluster.calls["kdu.upgrade"]]
     assert expected == [2, 3, 4]
+
+
+async def test_the_lock_stays_reachable_when_its_first_requesters_queue_has_no_worker(
+    local_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """Lock workflows run on the lock queue, which every kduflow worker polls: a release whose lock
+    was started from queue A (whose workers are gone now) is still granted to a caller on queue B."""
+    ref = ReleaseRef(f"c-{uuid.uuid4().hex[:8]}", "web", "ns1")
+    settings = Settings(state_dir=tmp_path / "state", lock_task_queue=f"locks-{uuid.uuid4().hex[:8]}")
+    client = local_env.client
+
+    async def hold_on(queue: str) -> str:
+        plugin = KduflowPlugin(settings=settings)
+        async with Worker(client, task_queue=queue, workflows=[HoldReleaseLock], plugins=[plugin]):
+            handle = await client.start_workflow(
+                HoldReleaseLock.run, ref, id=f"hold-{uuid.uuid4()}", task_queue=queue
+            )
+
+            async def holds() -> bool:
+                state = await client.get_workflow_handle(lock_id(ref)).query(ReleaseLock.state)
+                return state.holder is not None and state.holder.workflow_id == handle.id
+
+            await eventually(holds)
+            await handle.signal(HoldReleaseLock.go)
+            return await asyncio.wait_for(handle.result(), 20)
+
+    assert await hold_on(f"a-{uuid.uuid4().hex[:8]}") == "done"
+    # Queue A has no worker now, and the lock workflow is still open (it closes after being idle).
+    described = await client.get_workflow_handle(lock_id(ref)).describe()
+    assert described.task_queue == settings.lock_task_queue
+    assert await hold_on(f"b-{uuid.uuid4().hex[:8]}") == "done"

@@ -20,6 +20,10 @@ observation of the release to its last status write. The lock is built from Temp
 * **Lifetime.** The lock workflow closes after ``IDLE_CLOSE`` without holder or waiter (the next
   request starts a new one) and continues-as-new when Temporal suggests it, carrying holder and queue.
 * **Query** ``state`` shows the holder (operation, workflow id, since when) and the queue.
+* **Its own task queue.** Lock workflows run on ``KDUFLOW_LOCK_TASK_QUEUE`` (``lock.request`` starts
+  them there), which every kduflow worker polls besides its own queue. A lock started from a queue
+  whose workers are gone (moved, renamed, scaled to zero) would otherwise never run again, and every
+  later request to that release would wait on it.
 
 Failure modes: a requester whose ``request`` update is accepted but whose activity result is lost
 retries with the same token and gets the same answer. A lock workflow that is terminated by hand
