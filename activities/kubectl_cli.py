@@ -23,6 +23,20 @@ def build_create_namespace_argv(kubectl: str, *, namespace: str) -> list[str]:
     return [kubectl, "create", "namespace", check_namespace(namespace)]
 
 
+def build_get_object_argv(kubectl: str, *, kind: str, name: str, namespace: str) -> list[str]:
+    """One object as JSON (``kind`` is a fixed word chosen by kduflow, e.g. ``secret``)."""
+    return [kubectl, "get", kind, name, "--namespace", check_namespace(namespace), "--output", "json"]
+
+
+def build_replace_argv(kubectl: str, *, namespace: str) -> list[str]:
+    """Replace the object read as JSON from stdin (its resourceVersion makes a concurrent change a
+    conflict). ``--output name``: the object, which may hold secrets, is not printed back."""
+    return [
+        kubectl, "replace", "--validate=false", "--namespace", check_namespace(namespace),
+        "--filename", "-", "--output", "name",
+    ]  # fmt: skip
+
+
 def build_version_argv(kubectl: str) -> list[str]:
     return [kubectl, "version", "--client", "--output", "json"]
 

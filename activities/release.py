@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import functools
 import hashlib
+import json
 import logging
 import os
 import re
@@ -35,11 +36,12 @@ from typing import Any, Protocol, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import helm_cli, kubectl_cli
+from activities import helm_cli, kubectl_cli, release_storage
 from activities.errors import (
     ChartNotFound,
     HelmError,
     InvalidInput,
+    InvalidResource,
     KduflowError,
     OperationInProgress,
     ProcessTimeout,
@@ -726,6 +728,8 @@ class ReleaseActivities:
                 raise ReleaseNotFound(
                     f"kdu_instance: release {ref.kdu_instance!r} was stuck pending-install and was removed"
                 )
+        # A crash between a recovery's rollback and its clean-up leaves the old pending revision.
+        before = await self._fail_stale_pending(env, version, ref, before)
         helm_timeout = self._helm_timeout(inp.timeout)
         argv = helm_cli.build_upgrade_argv(
             self._settings.helm,
@@ -777,6 +781,7 @@ class ReleaseActivities:
         res = await self._rollback(env, version, ref, target, self._helm_timeout(timeout), wait=True)
         if not res.ok:
             raise await self._failure(env, version, ref, res, history, "rollback")
+        await self._fail_stale_pending(env, version, ref, await self._history(env, version, ref))
 
     async def _current_chart(
         self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef, chart_version: str
@@ -817,6 +822,50 @@ class ReleaseActivities:
 
     @activity.defn(name=ACTIVITY_NAMES["rollback"])
     @_boundary
+    async def _fail_stale_pending(
+        self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef, history: list[RevisionInfo]
+    ) -> list[RevisionInfo]:
+        """Mark ``failed`` every pending revision below a latest one that is not pending.
+
+        Helm's rollback leaves the revision it rolls back from as it was, so a recovered stuck
+        upgrade would stay ``pending-upgrade`` in the history for ever (misleading whoever reads it,
+        and every tool that looks for pending revisions). With the release's lock held and the latest
+        revision settled, no helm writes those revisions any more. Idempotent: a retry after a crash
+        finds them failed already, or marks them then. Returns the history as it is now.
+        """
+        if not history or ReleaseStatus(history[-1].status).is_pending:
+            return history
+        stale = [h for h in history[:-1] if ReleaseStatus(h.status).is_pending]
+        if not stale:
+            return history
+        driver = env.get("HELM_DRIVER") or "secret"
+        kind = {"secret": "secret", "configmap": "configmap"}.get(driver)
+        if kind is None:
+            activity.logger.warning("HELM_DRIVER %s: stale pending revisions left as they are", driver)
+            return history
+        kubectl = self._settings.kubectl
+        for revision in stale:
+            name = release_storage.record_name(ref.kdu_instance, revision.revision)
+            get = kubectl_cli.build_get_object_argv(kubectl, kind=kind, name=name, namespace=_ns(ref))
+            res = await self._run_ok(get, env, f"kubectl get {kind} {name}")
+            record = helm_cli.load_json(res.stdout)
+            if not isinstance(record, dict):
+                raise InvalidResource(f"{kind} {name}: not an object")
+            description = (
+                f"kduflow: marked failed, {revision.status} with no helm running "
+                f"(revision {history[-1].revision} is {history[-1].status})"
+            )
+            updated = release_storage.mark_record_failed(record, driver, description, time.time())
+            replace = kubectl_cli.build_replace_argv(kubectl, namespace=_ns(ref))
+            await self._run_ok(
+                replace, env, f"kubectl replace {kind} {name}", stdin=json.dumps(updated).encode()
+            )
+            activity.logger.warning(
+                "release %s: revision %s was %s with no helm running; marked failed",
+                ref.kdu_instance, revision.revision, revision.status,
+            )  # fmt: skip
+        return await self._history(env, version, ref)
+
     async def rollback(self, inp: HelmRollbackInput) -> ReleaseInfo:
         """Roll back to the explicit ``inp.revision``; a retry finding "Rollback to N" deployed returns it.
 
@@ -853,14 +902,16 @@ class ReleaseActivities:
             latest.status == ReleaseStatus.DEPLOYED.value
             and latest.description == f"Rollback to {inp.revision}"
         ):
-            return await self._observe(env, version, ref)
+            return _info(ref, await self._fail_stale_pending(env, version, ref, before))
         # A pending revision left now (stuck, or written by a helm known to have exited) is cleared
         # by the rollback itself: helm rolls back from a pending revision.
         helm_timeout = self._helm_timeout(inp.timeout)
         res = await self._rollback(env, version, ref, inp.revision, helm_timeout, inp.wait)
         if not res.ok:
             raise await self._failure(env, version, ref, res, before, "rollback")
-        return await self._observe(env, version, ref)
+        # Rolled back from a pending revision: helm leaves that one pending.
+        after = await self._fail_stale_pending(env, version, ref, await self._history(env, version, ref))
+        return _info(ref, after)
 
     @activity.defn(name=ACTIVITY_NAMES["uninstall"])
     @_boundary

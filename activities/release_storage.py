@@ -80,6 +80,50 @@ def decode_release_data(data: str, driver: str = "secret") -> dict[str, Any]:
     return doc
 
 
+def encode_release_data(doc: dict[str, Any], driver: str = "secret") -> str:
+    """The inverse of :func:`decode_release_data`: ``data.release`` as the API takes it back."""
+    raw = base64.b64encode(gzip.compress(json.dumps(doc, separators=(",", ":")).encode(), mtime=0))
+    if driver == "secret":
+        raw = base64.b64encode(raw)
+    return raw.decode()
+
+
+def mark_record_failed(record: dict[str, Any], driver: str, description: str, now: float) -> dict[str, Any]:
+    """A copy of a storage object (as the API returned it) whose release is ``failed``.
+
+    What Flux's helm-controller calls unlocking: a ``pending-*`` revision whose helm is gone stays
+    pending in the history for ever, since helm's rollback leaves the revision it rolls back from
+    untouched. The release JSON gets ``info.status = failed`` and ``description``; the ``status``
+    label (what helm selects on) and ``modifiedAt`` (helm 3.13+) follow. The ``resourceVersion``
+    is kept, so a replace fails with a conflict if anyone changed the object meanwhile.
+    """
+    data = (record.get("data") or {}).get("release")
+    if not isinstance(data, str) or not data:
+        raise _corrupt("data")
+    doc = decode_release_data(data, driver)
+    info = doc.get("info")
+    if not isinstance(info, dict):
+        raise _corrupt("info")
+    info["status"] = "failed"
+    info["description"] = description
+    updated = dict(record)
+    updated["data"] = {**record["data"], "release": encode_release_data(doc, driver)}
+    metadata = dict(record.get("metadata") or {})
+    labels = dict(metadata.get("labels") or {})
+    labels["status"] = "failed"
+    if "modifiedAt" in labels:
+        labels["modifiedAt"] = str(int(now))
+    metadata["labels"] = labels
+    metadata.pop("managedFields", None)
+    updated["metadata"] = metadata
+    return updated
+
+
+def record_name(release: str, revision: int) -> str:
+    """The storage object of one revision, the same name for both drivers."""
+    return f"sh.helm.release.v1.{release}.v{revision}"
+
+
 def parse_release(doc: dict[str, Any]) -> StoredRelease:
     """The metadata of a decoded release JSON; ``config``, hooks and chart files are not copied."""
     info = doc.get("info") or {}

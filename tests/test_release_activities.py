@@ -302,8 +302,8 @@ async def test_upgrade_recovers_a_pending_upgrade_left_by_its_own_killed_helm(
     done = await retry_env.run(acts.upgrade, retry)
     assert (done.revision, done.status) == (4, "deployed")  # 2 pending -> 3 "Rollback to 1" -> 4 upgrade
     statuses = [h.status for h in (await env.run(acts.history, ref)).entries]
-    # helm's rollback supersedes deployed revisions only: the interrupted record keeps its status.
-    assert statuses == ["superseded", "pending-upgrade", "superseded", "deployed"]
+    # helm's rollback supersedes deployed revisions only; kduflow marks the interrupted one failed.
+    assert statuses == ["superseded", "failed", "superseded", "deployed"]
     await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
 
 
@@ -390,7 +390,7 @@ async def test_someone_elses_pending_release_waits_then_is_recovered_once_stuck(
     done = await env.run(acts.upgrade, inp)
     assert done.status == "deployed"
     statuses = [h.status for h in (await env.run(acts.history, ref)).entries]
-    assert statuses == ["superseded", "pending-upgrade", "superseded", "deployed"]
+    assert statuses == ["superseded", "failed", "superseded", "deployed"]
     await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
 
 
@@ -420,6 +420,18 @@ async def test_rollback_of_a_failed_upgrade_whose_helm_exited_does_not_wait(
     done = await quick.run(acts.rollback, inp)
     assert (done.revision, done.status) == (3, "deployed")
     assert time.monotonic() - started < 30
+    # The revision rolled back from is marked failed (helm's rollback leaves it pending), and helm
+    # itself reads the rewritten record back.
+    out = helm(tools, kube_env, "history", ref.kdu_instance, "-n", ref.namespace, "-o", "json").stdout
+    history = json.loads(out)
+    assert [h["status"] for h in history] == ["superseded", "failed", "deployed"]
+    assert history[1]["description"].startswith("kduflow: marked failed, pending-upgrade")
+    values = helm(tools, kube_env, "get", "values", ref.kdu_instance, "-n", ref.namespace,
+                  "--revision", "2", "-o", "json").stdout
+    assert json.loads(values) == {"ready": False}  # the rest of the record is intact
+    # A retry of the same rollback converges (nothing left to mark).
+    again = await quick.run(acts.rollback, inp)
+    assert (again.revision, again.status) == (3, "deployed")
     await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
 
 

@@ -15,6 +15,7 @@ from activities.release_storage import (
     ReleaseStorage,
     StoredRelease,
     decode_release_data,
+    mark_record_failed,
     parse_release,
 )
 from tests.support.status import FakeKube, Rev, release_json, release_secret
@@ -168,3 +169,31 @@ def test_release_json_fixture_matches_reference_shape() -> None:
     assert {"name", "info", "chart", "manifest", "hooks", "version", "namespace", "config"} <= set(h3)
     assert "deleted" in h3["info"] and "deleted" not in h4["info"] and h4["apply_method"] == "ssa"
     json.dumps(h4)
+
+
+@pytest.mark.parametrize("driver", ["secret", "configmap"])
+def test_mark_record_failed_keeps_everything_but_the_status(driver: str) -> None:
+    record = release_secret("demo", "ns", Rev(3, "pending-upgrade"), driver=driver)
+    record["metadata"]["resourceVersion"] = "4711"
+    record["metadata"]["labels"]["modifiedAt"] = "1700000000"
+    record["metadata"]["managedFields"] = [{"manager": "helm"}]
+    before = decode_release_data(record["data"]["release"], driver)
+
+    updated = mark_record_failed(record, driver, "kduflow: marked failed", now=1800000000.5)
+
+    after = decode_release_data(updated["data"]["release"], driver)
+    assert after["info"]["status"] == "failed"
+    assert after["info"]["description"] == "kduflow: marked failed"
+    for doc in (before, after):
+        doc["info"].pop("status"), doc["info"].pop("description")
+    assert after == before  # values, chart, manifest, hooks: unchanged
+    labels = updated["metadata"]["labels"]
+    assert (labels["status"], labels["modifiedAt"], labels["version"]) == ("failed", "1800000000", "3")
+    assert updated["metadata"]["resourceVersion"] == "4711"  # a concurrent change makes the replace fail
+    assert "managedFields" not in updated["metadata"]
+    assert record["metadata"]["labels"]["status"] == "pending-upgrade"  # the input is not modified
+
+
+def test_mark_record_failed_refuses_a_record_without_release_data() -> None:
+    with pytest.raises(errors.KduflowError):
+        mark_record_failed({"metadata": {}, "data": {}}, "secret", "x", now=0)
