@@ -63,6 +63,10 @@ from activities import errors, kubeconfig_policy, url_policy
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+#: Like client-go: a 429 or 5xx answer with Retry-After is retried after the delay it asks for
+#: (capped), a few times, before it becomes an error.
+RETRY_AFTER_ATTEMPTS = 3
+RETRY_AFTER_MAX = 10.0
 _USER_AGENT = "kduflow-status/0.1"
 
 
@@ -84,6 +88,17 @@ class KubeNotFound(Exception):
 def _error(type_name: str, message: str, *, status: int = 0) -> errors.KduflowError:
     cls: type[errors.KduflowError] = getattr(errors, type_name)
     return cls(message, details={"http_status": status} if status else None)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds; an HTTP date or garbage counts as 1 s)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return 1.0
+    return seconds if 0 <= seconds < float("inf") else 1.0
 
 
 def _status_error(status: int, path: str, body: bytes) -> Exception:
@@ -192,7 +207,8 @@ class KubeApiBase:
         self.request_log: collections.deque[str] = collections.deque(maxlen=200)
         self._discovery: dict[str, dict[str, tuple[str, bool]]] = {}
 
-    async def _get_raw(self, path_qs: str) -> tuple[int, bytes]:  # pragma: no cover - abstract
+    async def _get_raw(self, path_qs: str) -> tuple[int, bytes, float | None]:  # pragma: no cover
+        """One GET: status, body and the Retry-After delay in seconds (None without one)."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -204,9 +220,15 @@ class KubeApiBase:
         Raises KubeNotFound on 404, a KduflowError otherwise (see the module docstring).
         """
         path_qs = path + ("?" + urllib.parse.urlencode(dict(params)) if params else "")
-        self.requests += 1
-        self.request_log.append(path_qs)
-        status, body = await self._get_raw(path_qs)
+        for attempt in range(RETRY_AFTER_ATTEMPTS + 1):
+            self.requests += 1
+            self.request_log.append(path_qs)
+            status, body, retry_after = await self._get_raw(path_qs)
+            throttled = status == 429 or status >= 500
+            if not throttled or retry_after is None or attempt == RETRY_AFTER_ATTEMPTS:
+                break
+            log.debug("Kubernetes API %s for GET %s: retrying after %.1fs", status, path, retry_after)
+            await asyncio.sleep(min(retry_after, RETRY_AFTER_MAX))
         if not 200 <= status < 300:
             raise _status_error(status, path_qs, body)
         try:
@@ -547,7 +569,7 @@ class KubeApi(KubeApiBase):
             self._conn.close()
             self._conn = None
 
-    def _request_sync(self, path_qs: str) -> tuple[int, bytes]:
+    def _request_sync(self, path_qs: str) -> tuple[int, bytes, float | None]:
         with self._lock:
             try:
                 if self._closed:
@@ -599,14 +621,14 @@ class KubeApi(KubeApiBase):
                         ) from None
                     if resp.will_close:
                         self._drop_conn()
-                    return resp.status, body
+                    return resp.status, body, _retry_after(resp.getheader("Retry-After"))
                 raise AssertionError("unreachable")  # pragma: no cover
             finally:
                 # close() during a request (a cancelled poll) leaves the closing to the request thread.
                 if self._closed:
                     self._drop_conn()
 
-    async def _get_raw(self, path_qs: str) -> tuple[int, bytes]:
+    async def _get_raw(self, path_qs: str) -> tuple[int, bytes, float | None]:
         # Queue here rather than on the thread lock, so concurrent callers of one client do not
         # each hold a worker thread of the default executor while waiting for the connection.
         async with self._async_lock:
@@ -664,7 +686,8 @@ class KubectlRawApi(KubeApiBase):
         self._env = dict(env)
         self._timeout = timeout
 
-    async def _get_raw(self, path_qs: str) -> tuple[int, bytes]:
+    async def _get_raw(self, path_qs: str) -> tuple[int, bytes, float | None]:
+        # kubectl (client-go) honours Retry-After itself.
         proc = await asyncio.create_subprocess_exec(
             self._kubectl,
             "get",
@@ -686,9 +709,9 @@ class KubectlRawApi(KubeApiBase):
                 proc.kill()
                 await proc.wait()
         if proc.returncode == 0:
-            return 200, out
+            return 200, out, None
         text = err.decode("utf-8", "replace")
         if "(NotFound)" in text:
-            return 404, json.dumps({"message": errors.short_message(text)}).encode()
+            return 404, json.dumps({"message": errors.short_message(text)}).encode(), None
         # kubectl's messages are helm's (same client-go): the shared classifier knows them.
         raise errors.classify_helm_stderr(text, proc.returncode, context="kubectl get --raw")

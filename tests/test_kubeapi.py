@@ -14,12 +14,14 @@ import yaml
 
 from activities import errors
 from activities.kubeapi import (
+    RETRY_AFTER_ATTEMPTS,
     KubeApi,
     KubeApiUnsupported,
     KubectlRawApi,
     KubeNotFound,
     resource_path,
 )
+from tests.support.sandbox import LOOPBACK_NETWORKS
 from tests.support.status import FakeKube, make_pki, tls_fake_kube
 
 DEPLOY = {
@@ -398,3 +400,31 @@ async def test_kubectl_raw_fallback(fake: FakeKube, helm3: Any, tmp_path: Path) 
     fake.fail_next.append(403)
     with pytest.raises(errors.CredentialsInvalid):
         await api.version()
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(503, 0), (429, 0), (500, 0)])
+async def test_throttled_answers_with_retry_after_are_retried_like_client_go(
+    status: int, retry_after: int
+) -> None:
+    """The sandbox answers twice with ``status`` and Retry-After, then normally: the read succeeds."""
+    from sandbox import SandboxCluster
+
+    with SandboxCluster(tls=False) as cluster:
+        config = yaml.safe_load(cluster.kubeconfig())
+        api = KubeApi.from_kubeconfig(config, private_networks=LOOPBACK_NETWORKS)
+        try:
+            cluster.set_faults(error_rate=1.0, error_status=status, retry_after=retry_after, limit=2)
+            assert (await api.version())["gitVersion"]
+            assert api.requests == 3
+            # Without Retry-After the answer is an error at once (Temporal's retry takes over).
+            cluster.set_faults(error_rate=1.0, error_status=status, limit=1)
+            with pytest.raises(errors.ServerError):
+                await api.version()
+            assert api.requests == 4
+            # At most RETRY_AFTER_ATTEMPTS resends, then the error.
+            cluster.set_faults(error_rate=1.0, error_status=status, retry_after=retry_after)
+            with pytest.raises(errors.ServerError):
+                await api.version()
+            assert api.requests == 4 + 1 + RETRY_AFTER_ATTEMPTS
+        finally:
+            await api.close()

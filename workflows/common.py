@@ -15,8 +15,8 @@ Option sets and why they differ:
   non-retryable ``ReleaseFailed``.
 * **read** (history/list/values/services/inspect): short, several retries, no heartbeat timeout
   (a one-shot helm read need not heartbeat).
-* **status** (final ``kdu.status`` write): short and few retries: it is best effort, the helm
-  outcome is what the workflow reports.
+* **status** (final ``kdu.status`` write): short attempts, retried over about 15 s: it is best
+  effort (the helm outcome is what the workflow reports), but should outlast a brief API outage.
 * **poller** (``kdu.poll_status``): lives as long as the helm call, heartbeats, is cancelled when
   helm returns; ``schedule_to_close`` bounds it even if a cancel were lost.
 """
@@ -83,10 +83,13 @@ _READ_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
+#: The final status outlasts a short API outage (1 + 2 + 4 + 8 s between five attempts): a status
+#: left "unknown" after a successful operation misleads whoever reads it.
 _STATUS_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=10),
-    maximum_attempts=3,
+    maximum_attempts=5,
     non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 
