@@ -125,6 +125,15 @@ async def test_install_kdu_non_atomic_failure_says_release_is_left(kdu, cluster)
     assert cluster.releases["web"].latest.status == "failed"
 
 
+async def test_install_kdu_failure_before_helm_wrote_anything_claims_no_removal(kdu, cluster):
+    cluster.errors["kdu.install"] = ApplicationError(
+        "chart nope not found", type="ChartNotFound", non_retryable=True
+    )
+    inp = InstallKduInput(cluster_uuid="c1", kdu_model="stable/nope", kdu_instance="web")
+    err = await fails_with(kdu.run(InstallKdu.run, inp), "ChartNotFound")
+    assert err.message == "install of stable/nope as default/web failed: chart nope not found"
+
+
 async def test_install_kdu_generates_n2vc_name_and_skips_a_taken_one_deterministically(kdu, cluster):
     cluster.taken_first_queries = 1  # the first generated name "exists" somewhere on the cluster
     inp = InstallKduInput(cluster_uuid="c1", kdu_model="stable/openldap:1.2.2")

@@ -525,16 +525,30 @@ class InstallKdu(LockClient):
                 # Keep the activity's error type (ReleaseFailed, ChartNotFound, ...) so callers can
                 # branch on it; only the message gains the release and what helm left behind.
                 etype, emsg, details = common.describe_failure(err)
-                left = (
-                    "helm removed the failed release (atomic)"
-                    if inp.atomic
-                    else "the failed release is left in place (atomic=false)"
-                )
-                msg = f"install of {chart.chart} as {_ref_text(ref)} failed: {emsg}; {left}"
+                msg = f"install of {chart.chart} as {_ref_text(ref)} failed: {emsg}"
+                left = _install_leftover(etype, inp.atomic)
+                if left:
+                    msg = f"{msg}; {left}"
                 await _final_status(ref, db_dict, "install", PHASE_FAILED, msg)
                 raise ApplicationError(msg, *details, type=etype, non_retryable=True) from err
             status = await _final_status(ref, db_dict, "install", PHASE_COMPLETED)
         return _result(info, status, message="installed")
+
+
+def _install_leftover(error_type: str, atomic: bool) -> str:
+    """What a failed install left in the cluster, as far as its error type tells."""
+    if error_type == "ReleaseFailed":
+        # helm wrote a failed revision: --atomic uninstalls it, otherwise it stays for inspection.
+        return (
+            "helm removed the failed release (atomic)"
+            if atomic
+            else "the failed release is left in place (atomic=false)"
+        )
+    if error_type == "ReleaseNameInUse":
+        return "the existing release of that name was not touched"
+    # Refused before helm wrote anything (chart, input, credentials), or retries ran out: nothing
+    # here says what the cluster holds; the status document and helm history do.
+    return ""
 
 
 @workflow.defn(name="UpgradeKdu")
