@@ -820,8 +820,6 @@ class ReleaseActivities:
             + "; pass kdu_model explicitly"
         )
 
-    @activity.defn(name=ACTIVITY_NAMES["rollback"])
-    @_boundary
     async def _fail_stale_pending(
         self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef, history: list[RevisionInfo]
     ) -> list[RevisionInfo]:
@@ -866,6 +864,8 @@ class ReleaseActivities:
             )  # fmt: skip
         return await self._history(env, version, ref)
 
+    @activity.defn(name=ACTIVITY_NAMES["rollback"])
+    @_boundary
     async def rollback(self, inp: HelmRollbackInput) -> ReleaseInfo:
         """Roll back to the explicit ``inp.revision``; a retry finding "Rollback to N" deployed returns it.
 

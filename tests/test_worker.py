@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 
 from activities.models import ACTIVITY_NAMES
 from kduflow.config import Settings
-from kduflow.plugin import HEARTBEAT_THROTTLE, KduflowPlugin
+from kduflow.plugin import HEARTBEAT_THROTTLE, KduflowPlugin, activity_methods
 from tests.conftest import helm_tools
 from workflows.cluster_models import CLUSTER_ACTIVITY_NAMES
 
@@ -179,3 +179,15 @@ async def test_graceful_shutdown_setting_reaches_the_worker(tmp_path: Path, loca
         if proc.poll() is None:
             proc.kill()
     assert "up to 0:00:42.500000" in out, out
+
+
+async def test_each_activity_name_is_registered_on_the_method_it_names(plugin: KduflowPlugin):
+    """A method inserted between an ``@activity.defn`` and the method it decorated would silently
+    take over that activity name: every registered method carries the name it is meant for."""
+    renamed = {"repo.list": "list_repos", "registry.login": "registry_login"}
+    for obj in (plugin.release, plugin.status, plugin.repos, plugin.clusters, plugin.lock):
+        for method in activity_methods(obj):
+            name = method.__temporal_activity_definition.name  # type: ignore[attr-defined]
+            assert not method.__name__.startswith("_"), (name, method.__name__)
+            assert method.__name__ == renamed.get(name, name.rsplit(".", 1)[-1]), (name, method.__name__)
+    await plugin.store.close()
