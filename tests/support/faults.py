@@ -454,8 +454,9 @@ class Rig:
             "KDUFLOW_LOG_LEVEL": "INFO",
         }
 
-    async def start_worker(self, name: str) -> WorkerProcess:
-        worker = WorkerProcess(name, self.worker_env(name), self.tmp)
+    async def start_worker(self, name: str, **env: str) -> WorkerProcess:
+        """Start ``python worker.py``; keyword arguments add or override environment variables."""
+        worker = WorkerProcess(name, {**self.worker_env(name), **env}, self.tmp)
         await asyncio.to_thread(worker.start)
         self.workers.append(worker)
         return worker
@@ -469,7 +470,7 @@ class Rig:
         """Start a sandbox cluster, register it (``k8sclusters``) and run ``InitCluster`` (needs a worker).
 
         The cluster id gets a random suffix: lock workflows are named after the cluster and outlive
-        a test (they run on the task queue of their first requester), so ids are never reused.
+        a test by their idle time, so ids are never reused.
         """
         sandbox_kw.setdefault("ready_delay", 0.5)
         sandbox_kw.setdefault("lb_delay", 0.3)
