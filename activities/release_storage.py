@@ -178,7 +178,8 @@ class ReleaseStorage:
         self.driver = driver
         self.cache = cache if cache is not None else ReleaseCache()
 
-    async def _records(self, name: str, namespace: str) -> list[dict[str, Any]]:
+    async def _records(self, name: str, namespace: str | None) -> list[dict[str, Any]]:
+        """Storage objects of release ``name`` in ``namespace`` (None: every namespace)."""
         plural = "secrets" if self.driver == "secret" else "configmaps"
         try:
             return await self.api.list("v1", plural, namespace, label_selector=f"name={name},owner=helm")
@@ -186,12 +187,39 @@ class ReleaseStorage:
             # The namespace itself is gone: the release cannot exist.
             return []
 
+    async def everywhere(self, name: str) -> list[StoredRelease]:
+        """The latest revision of every release called ``name``, one per namespace (``helm list -A
+        -a`` for one name), in one API request."""
+        latest: dict[str, StoredRelease] = {}
+        for rec in await self._records(name, None):
+            namespace = str((rec.get("metadata") or {}).get("namespace") or "")
+            release = self._decode(rec, namespace)
+            if release is not None and (
+                namespace not in latest or release.version > latest[namespace].version
+            ):
+                latest[namespace] = release
+        return [latest[ns] for ns in sorted(latest)]
+
     def _decode(self, record: dict[str, Any], namespace: str) -> StoredRelease | None:
         data = (record.get("data") or {}).get("release")
         if not isinstance(data, str) or not data:
             return None
         obj_name = str((record.get("metadata") or {}).get("name") or "")
         return self.cache.get_or_decode(namespace, obj_name, data, self.driver)
+
+    async def labelled_history(self, name: str, namespace: str) -> list[tuple[StoredRelease, dict[str, str]]]:
+        """Every stored revision with the labels of its storage object, oldest first.
+
+        The labels are helm's own (``name``, ``owner``, ``status``, ``version``, ...) plus those given
+        with ``--labels``, which helm keeps only there: ``helm list --selector`` matches them.
+        """
+        pairs = []
+        for rec in await self._records(name, namespace):
+            release = self._decode(rec, namespace)
+            if release is not None:
+                labels = (rec.get("metadata") or {}).get("labels") or {}
+                pairs.append((release, {str(k): str(v) for k, v in labels.items()}))
+        return sorted(pairs, key=lambda pair: pair[0].version)
 
     async def history(self, name: str, namespace: str) -> list[StoredRelease]:
         """Every stored revision, oldest first; ``[]`` when the release does not exist.

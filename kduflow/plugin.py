@@ -85,10 +85,15 @@ class KduflowPlugin(SimplePlugin):
         self.envs = ClusterEnvs(self.settings, self.store, secretbox, on_materialise=self.repos.materialise)
         self.repos.envs = self.envs
         self.url_policy = UrlPolicy(self.settings, self.store)
-        self.release = ReleaseActivities(
-            self.settings, self.envs, charts=self.repos.charts, url_policy=self.url_policy
-        )
         self.status = StatusActivities(self.settings, self.envs, self.store)
+        # Release history and labels are read through the status activities' cached API clients.
+        self.release = ReleaseActivities(
+            self.settings,
+            self.envs,
+            charts=self.repos.charts,
+            url_policy=self.url_policy,
+            apis=self.status.api_for,
+        )
         self.clusters = ClusterActivities(self.settings, self.envs, self.store)
         self.lock = LockActivities(self.settings.lock_task_queue)
         super().__init__(

@@ -13,16 +13,19 @@ import datetime
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
+import yaml
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import helm_cli
+from activities.kubeapi import KubeApi
 from activities.models import (
     DbDict,
     GetValuesInput,
@@ -39,6 +42,7 @@ from activities.models import (
 from activities.release import OP_LABEL, ReleaseActivities, op_marker
 from activities.runner import HOST, ProcessResult, Runner
 from kduflow.config import Settings
+from tests.support.sandbox import LOOPBACK_NETWORKS
 
 try:
     from sandbox import SandboxCluster
@@ -91,12 +95,36 @@ def kube_env(cluster: Any, tools: Any, tmp_path: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def acts(tools: Any, kube_env: dict[str, str], tmp_path: Path) -> ReleaseActivities:
-    settings = Settings(
+@pytest_asyncio.fixture
+async def api(cluster: Any) -> AsyncIterator[KubeApi]:
+    """An in-process API client of the sandbox, as the plugin gives the release activities."""
+    client = KubeApi.from_kubeconfig(yaml.safe_load(cluster.kubeconfig()), private_networks=LOOPBACK_NETWORKS)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def settings_for(tools: Any, tmp_path: Path) -> Settings:
+    return Settings(
         helm=str(tools.helm), kubectl=str(tools.kubectl), state_dir=tmp_path / "state", charts_dir=CHARTS
     )
-    return ReleaseActivities(settings, Envs(kube_env), heartbeat_every=0.2)
+
+
+@pytest.fixture
+def acts(tools: Any, kube_env: dict[str, str], tmp_path: Path, api: KubeApi) -> ReleaseActivities:
+    """Release activities as the plugin builds them: history and labels read from helm's storage."""
+
+    async def apis(cluster_uuid: str) -> KubeApi:
+        return api
+
+    return ReleaseActivities(settings_for(tools, tmp_path), Envs(kube_env), heartbeat_every=0.2, apis=apis)
+
+
+@pytest.fixture
+def helm_acts(tools: Any, kube_env: dict[str, str], tmp_path: Path) -> ReleaseActivities:
+    """Release activities that ask helm for everything (clusters whose credentials need kubectl)."""
+    return ReleaseActivities(settings_for(tools, tmp_path), Envs(kube_env), heartbeat_every=0.2)
 
 
 def with_previous_attempt(env: ActivityEnvironment, pid: int, started_at: float) -> ActivityEnvironment:
@@ -190,6 +218,65 @@ async def test_release_lifecycle_is_idempotent_at_every_step(acts: ReleaseActivi
     assert (removed.existed, removed.status_before) == (True, "deployed")
     again = await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
     assert (again.existed, again.status_before) == (False, "absent")
+
+
+@needs_sandbox
+async def test_storage_reads_agree_with_helm(
+    acts: ReleaseActivities, helm_acts: ReleaseActivities, tools: Any, kube_env: dict[str, str]
+) -> None:
+    """History, the by-name listing and the operation label read from helm's storage in-process are
+    what helm itself reports, for deployed, superseded, failed and pending revisions."""
+    env = ActivityEnvironment()
+    ref = ref_for(tools, "agree")
+    inst = HelmInstallInput(ref, chart="webapp", timeout=60, operation_id="op-i", labels={"team": "kdu"})
+    await env.run(acts.install, inst)
+    failing = HelmUpgradeInput(
+        ref, chart="webapp", values={"ready": False}, timeout=2, operation_id="op-f", expected_revision=1
+    )
+    assert (await app_error(env.run(acts.upgrade, failing))).type == "UpgradeFailed"
+    proc = start_helm_upgrade(tools, kube_env, ref, b'{"ready": false}', "op-p")
+    await wait_status(tools, kube_env, ref, "pending-upgrade")
+    proc.kill()
+    proc.wait()
+
+    by_name = ListReleasesInput("cluster-1", name=ref.kdu_instance)
+
+    async def reads(a: ReleaseActivities) -> tuple[Any, ...]:
+        history = (await env.run(a.history, ref)).entries
+        listed = (await env.run(a.list_releases, by_name)).releases
+        helm_env = await a._env(ref.cluster_uuid)
+        version = await a._version(helm_env)
+        marks = [await a._carries_marker(helm_env, version, ref, op) for op in ("op-p", "op-f", "op-i", "")]
+        return history, listed, marks
+
+    from_storage, from_helm = await reads(acts), await reads(helm_acts)
+    # Revision 1 stays "deployed" under helm 3.17 after a failed upgrade; helm 4 supersedes it.
+    assert [(h.revision, h.status) for h in from_storage[0]][1:] == [(2, "failed"), (3, "pending-upgrade")]
+    for mine, helms in zip(from_storage[0], from_helm[0], strict=True):
+        assert dataclasses.replace(mine, updated="") == dataclasses.replace(helms, updated="")
+        assert _epoch(mine.updated) == pytest.approx(_epoch(helms.updated), abs=1e-3)
+    assert [dataclasses.replace(r, updated="") for r in from_storage[1]] == [
+        dataclasses.replace(r, updated="") for r in from_helm[1]
+    ]
+    assert from_storage[2] == from_helm[2] == [True, False, False, False]
+    # The pending revision counts as stuck at once (its helm was killed): uninstall clears it.
+    acts.stuck_margin = 0
+    acts._settings = dataclasses.replace(acts._settings, pending_stuck_after=0)  # type: ignore[attr-defined]
+    await env.run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+    assert (await env.run(acts.list_releases, by_name)).releases == []
+
+
+def _epoch(stamp: str) -> float:
+    """helm's timestamps (RFC 3339 with up to nanoseconds) as seconds."""
+    head, _, frac = stamp.partition(".")
+    zone = ""
+    for sep in ("Z", "+", "-"):
+        if sep in frac:
+            frac, _, rest = frac.partition(sep)
+            zone = sep + rest
+            break
+    parsed = datetime.datetime.fromisoformat(head + (zone if zone != "Z" else "+00:00"))
+    return parsed.timestamp() + (float("0." + frac) if frac else 0.0)
 
 
 @needs_sandbox
