@@ -349,6 +349,25 @@ class HistoryResult:
 
 
 @dataclass
+class StatusReport:
+    """Status reporting by a mutating helm activity itself, beside its helm process.
+
+    While helm runs, the activity observes the release every ``KDUFLOW_POLL_INTERVAL`` seconds and
+    writes on change; once helm succeeded it writes the final status (``final_phase``) and returns
+    the observation in ``ReleaseInfo.final_status``. Writes are ordered by ``seq_base`` as those of
+    ``kdu.poll_status`` and ``kdu.status``.
+    """
+
+    db_dict: DbDict
+    #: OSM operation name written to ``<path>.operation``.
+    operation: str
+    #: Ordering base (the workflow's time in ms when it built the input).
+    seq_base: int
+    #: Phase of the final write after a successful helm call; "" = none (the workflow writes it).
+    final_phase: str = ""
+
+
+@dataclass
 class HelmInstallInput:
     ref: ReleaseRef
     #: Chart reference as the user gave it, without the ":version" suffix.
@@ -363,6 +382,8 @@ class HelmInstallInput:
     create_namespace: bool = True
     #: Recorded as the release description ("kduflow op=<id>") so a retry recognises its own work.
     operation_id: str = ""
+    #: Status reporting while helm runs (None: the workflow runs ``kdu.poll_status`` beside it).
+    report: StatusReport | None = None
 
 
 @dataclass
@@ -384,6 +405,7 @@ class HelmUpgradeInput:
     #: The revision the caller observed before upgrading; a retry that finds a newer revision
     #: carrying its operation_id knows the upgrade already happened.
     expected_revision: int = 0
+    report: StatusReport | None = None
 
 
 @dataclass
@@ -397,6 +419,7 @@ class HelmRollbackInput:
     #: A pending revision labelled with this operation id was written by a helm the caller saw
     #: exit (the failed or cancelled upgrade being undone): it is rolled back at once, not waited for.
     exited_operation_id: str = ""
+    report: StatusReport | None = None
 
 
 @dataclass
@@ -417,6 +440,8 @@ class ReleaseInfo:
     description: str = ""
     chart: str = ""
     app_version: str = ""
+    #: The final status the activity wrote (``StatusReport.final_phase``); None when it wrote none.
+    final_status: KduStatusResult | None = None
 
 
 @dataclass

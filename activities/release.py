@@ -75,11 +75,13 @@ from activities.models import (
     ReleaseStatus,
     ReleaseSummary,
     RevisionInfo,
+    StatusReport,
     UninstallOutcome,
     ValuesResult,
 )
 from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
 from activities.runner import ProcessResult, Runner
+from activities.status import StatusActivities
 from activities.url_policy import UrlDecision, UrlPolicy
 from workflows import validation
 
@@ -131,6 +133,8 @@ class _Settings(Protocol):
     def status_collections(self) -> tuple[str, ...]: ...
     @property
     def pending_stuck_after(self) -> int: ...
+    @property
+    def poll_interval(self) -> float: ...
 
 
 def op_marker(operation_id: str) -> dict[str, str]:
@@ -158,6 +162,17 @@ def _boundary(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _reports_status(fn: F) -> F:
+    """For a mutating activity whose input may carry a ``StatusReport``: report the release's status
+    while the activity runs, and its final status once it succeeded (``ReleaseActivities._reported``)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: ReleaseActivities, inp: Any) -> ReleaseInfo:
+        return await self._reported(inp.ref, inp.report, lambda: fn(self, inp))
+
+    return wrapper  # type: ignore[return-value]
+
+
 class ReleaseActivities:
     """The ``kdu.*`` release activities. Register the bound methods on a worker.
 
@@ -179,6 +194,8 @@ class ReleaseActivities:
             about 80 ms each, several per operation). Without it, or for clusters whose credentials
             need kubectl, helm is asked.
         helm_driver: helm's storage driver on the clusters (``secret`` or ``configmap``).
+        status: the status activities: an input's ``StatusReport`` is served with their observer
+            and writer, in this activity (``apis`` defaults to their ``api_for``).
     """
 
     def __init__(
@@ -192,9 +209,11 @@ class ReleaseActivities:
         url_policy: UrlPolicy | None = None,
         apis: Callable[[str], Awaitable[KubeApiBase]] | None = None,
         helm_driver: str = "secret",
+        status: StatusActivities | None = None,
     ) -> None:
         self._settings = settings
-        self._apis = apis
+        self._status = status
+        self._apis = apis or (status.api_for if status is not None else None)
         self._helm_driver = helm_driver
         self._charts = charts
         self._url_policy = url_policy or UrlPolicy(settings, getattr(charts, "store", None))
@@ -208,6 +227,27 @@ class ReleaseActivities:
         self._release_cache = ReleaseCache(256)
 
     # -- plumbing -------------------------------------------------------------------------------
+
+    async def _reported(
+        self, ref: ReleaseRef, report: StatusReport | None, body: Callable[[], Awaitable[ReleaseInfo]]
+    ) -> ReleaseInfo:
+        """Run ``body`` (the activity's work) while reporting the release's status every
+        ``KDUFLOW_POLL_INTERVAL`` seconds; after a success, write the final status and return it
+        in ``final_status``. A failure propagates without a final write: the workflow decides what
+        to do and writes the final status itself."""
+        if report is None or self._status is None:
+            return await body()
+        reporter = self._status.reporter(ref, report, activity.info().attempt)
+        task = asyncio.ensure_future(reporter.run(self._settings.poll_interval))
+        try:
+            info = await body()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if report.final_phase:
+            info.final_status = await reporter.final(report.final_phase)
+        return info
 
     async def _env(self, cluster_uuid: str) -> dict[str, str]:
         return dict((await self._envs.get(cluster_uuid)).env)
@@ -640,6 +680,7 @@ class ReleaseActivities:
 
     @activity.defn(name=ACTIVITY_NAMES["install"])
     @_boundary
+    @_reports_status
     async def install(self, inp: HelmInstallInput) -> ReleaseInfo:
         """Install the chart; idempotent for one ``operation_id``.
 
@@ -705,6 +746,7 @@ class ReleaseActivities:
 
     @activity.defn(name=ACTIVITY_NAMES["upgrade"])
     @_boundary
+    @_reports_status
     async def upgrade(self, inp: HelmUpgradeInput) -> ReleaseInfo:
         """Upgrade the release; idempotent for one ``operation_id``.
 
@@ -907,6 +949,7 @@ class ReleaseActivities:
 
     @activity.defn(name=ACTIVITY_NAMES["rollback"])
     @_boundary
+    @_reports_status
     async def rollback(self, inp: HelmRollbackInput) -> ReleaseInfo:
         """Roll back to the explicit ``inp.revision``; a retry finding "Rollback to N" deployed returns it.
 

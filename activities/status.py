@@ -84,6 +84,7 @@ from activities.models import (
     ReleaseStatus,
     ResourceState,
     StatusInput,
+    StatusReport,
 )
 from activities.readiness import (
     CURRENT,
@@ -727,70 +728,129 @@ class StatusActivities:
     async def poll_status(self, input: PollStatusInput) -> None:
         """Observe every ``interval`` seconds and write on change, until cancelled.
 
-        Heartbeats every loop with ``{polls, writes, stale, errors, phase, requests}`` (requests =
-        API requests of the last poll; stale = ordered writes refused because a newer one was in
-        place, e.g. the final write of the operation). Transient failures (API, store) are logged
-        at debug, counted and retried on the next tick; nothing is written for a failed
-        observation. Re-raises CancelledError. Schedule with a heartbeat timeout larger than ``interval``.
+        What workflows recorded before helm activities reported status themselves still schedule
+        (``StatusReport``); the observation loop is the same. Heartbeats every loop with ``{polls,
+        writes, stale, errors, phase, requests}`` (see :class:`StatusReporter`). Re-raises
+        CancelledError. Schedule with a heartbeat timeout larger than ``interval``.
         """
         validate_ref(input.ref)
         validate_db_dict(input.db_dict, self.settings.status_collections)
         base = validate_seq_base(input.seq_base)
-        attempt = activity.info().attempt
-        interval = max(float(input.interval), MIN_POLL_INTERVAL)
-        polls = writes = stale = failures = 0
-        sent = 0  # write attempts of this activity attempt: the counter of their seq
-        last_digest = ""
-        phase = ""
-        refresh = True  # re-read the credentials once per activity, then on CredentialsInvalid
+        reporter = StatusReporter(
+            self, input.ref, input.db_dict, input.operation, base, activity.info().attempt
+        )
+        await reporter.run(max(float(input.interval), MIN_POLL_INTERVAL), heartbeat=True)
+
+    def reporter(self, ref: ReleaseRef, report: StatusReport, attempt: int) -> StatusReporter:
+        """A reporter for a helm activity's own status writes (checked like ``kdu.poll_status``'s)."""
+        validate_ref(ref)
+        validate_db_dict(report.db_dict, self.settings.status_collections)
+        base = validate_seq_base(report.seq_base)
+        return StatusReporter(self, ref, report.db_dict, report.operation, base, attempt)
+
+
+class StatusReporter:
+    """The status of one release during one operation step: observed on a timer, written on change,
+    then (optionally) a final write that outranks every progress write.
+
+    Used by ``kdu.poll_status`` and, in this process, by the mutating helm activities themselves:
+    observing in the activity that runs helm needs no second activity, no cancellation round trip
+    and no waiting before the final write. Writes are ordered (``seq``), so a progress write that
+    lands late on the store's thread changes nothing after the final one.
+    """
+
+    def __init__(
+        self,
+        status: StatusActivities,
+        ref: ReleaseRef,
+        db_dict: DbDict,
+        operation: str,
+        seq_base: int,
+        attempt: int,
+    ) -> None:
+        self.status = status
+        self.ref = ref
+        self.db_dict = db_dict
+        self.operation = operation
+        self.base = seq_base
+        self.attempt = attempt
+        self.polls = self.writes = self.stale = self.failures = 0
+        self._sent = 0  # write attempts: the counter of their seq
+        self._last_digest = ""
+        self._phase = ""
+        self._refresh = True  # re-read the credentials once, then on CredentialsInvalid
+
+    async def poll_once(self) -> int:
+        """One observation, written if it changed. Returns the API requests it took. Transient
+        failures (API, store) are counted and logged at debug; nothing is written for them."""
+        self.polls += 1
+        requests = 0
+        try:
+            api = await self.status.api_for(self.ref.cluster_uuid, refresh=self._refresh)
+            self._refresh = False
+            before = api.requests
+            result = await self.status.observe(self.ref, api)
+            requests = api.requests - before
+            update = build_status_update(self.db_dict.path, self.operation, result, in_progress=True)
+            self._phase = update[f"{self.db_dict.path.strip('.')}.kduflow"]["phase"]
+            digest = status_digest(update)
+            if digest != self._last_digest:
+                self._sent += 1
+                seq = poll_seq(self.base, self.attempt, self._sent) if self.base else None
+                outcome = await self.status.write_status(self.db_dict, update, seq=seq)
+                # A stale write is not retried: a newer one is in place.
+                self._last_digest = digest
+                if outcome is WriteOutcome.STALE:
+                    self.stale += 1
+                else:
+                    self.writes += 1
+        except (errors.KduflowError, ApplicationError, KubeNotFound, OSError) as exc:
+            self.failures += 1
+            log.debug("poll %d of %s failed: %s", self.polls, self.ref.kdu_instance, exc)
+            # Credentials may have been rotated in the store: re-read them next time.
+            self._refresh = isinstance(exc, errors.CredentialsInvalid)
+        except Exception:  # reporting must not die of one odd observation; it is not the operation
+            self.failures += 1
+            log.warning("poll %d of %s failed unexpectedly", self.polls, self.ref.kdu_instance, exc_info=True)
+        return requests
+
+    async def run(self, interval: float, *, heartbeat: bool = False) -> None:
+        """Poll every ``interval`` seconds until cancelled (re-raises CancelledError)."""
+        interval = max(interval, MIN_POLL_INTERVAL)
         try:
             while True:
-                polls += 1
-                requests = 0
-                try:
-                    api = await self.api_for(input.ref.cluster_uuid, refresh=refresh)
-                    refresh = False
-                    before = api.requests
-                    result = await self.observe(input.ref, api)
-                    requests = api.requests - before
-                    update = build_status_update(
-                        input.db_dict.path, input.operation, result, in_progress=True
+                requests = await self.poll_once()
+                if heartbeat:
+                    activity.heartbeat(
+                        {
+                            "polls": self.polls,
+                            "writes": self.writes,
+                            "stale": self.stale,
+                            "errors": self.failures,
+                            "phase": self._phase,
+                            "requests": requests,
+                        }
                     )
-                    phase = update[f"{input.db_dict.path.strip('.')}.kduflow"]["phase"]
-                    digest = status_digest(update)
-                    if digest != last_digest:
-                        sent += 1
-                        seq = poll_seq(base, attempt, sent) if base else None
-                        outcome = await self.write_status(input.db_dict, update, seq=seq)
-                        # A stale write is not retried: a newer one is in place.
-                        last_digest = digest
-                        if outcome is WriteOutcome.STALE:
-                            stale += 1
-                        else:
-                            writes += 1
-                except (errors.KduflowError, ApplicationError, KubeNotFound, OSError) as exc:
-                    failures += 1
-                    log.debug("poll %d of %s failed: %s", polls, input.ref.kdu_instance, exc)
-                    # Credentials may have been rotated in the store: re-read them next time.
-                    refresh = isinstance(exc, errors.CredentialsInvalid)
-                except Exception:  # a poller must not die of one odd observation; it is not the operation
-                    failures += 1
-                    log.warning(
-                        "poll %d of %s failed unexpectedly", polls, input.ref.kdu_instance, exc_info=True
-                    )
-                activity.heartbeat(
-                    {
-                        "polls": polls,
-                        "writes": writes,
-                        "stale": stale,
-                        "errors": failures,
-                        "phase": phase,
-                        "requests": requests,
-                    }
-                )
                 await asyncio.sleep(interval)
         except asyncio.CancelledError:
             log.debug(
-                "poller of %s cancelled after %d polls, %d writes", input.ref.kdu_instance, polls, writes
+                "status of %s: %d polls, %d writes", self.ref.kdu_instance, self.polls, self.writes
             )
             raise
+
+    async def final(self, phase: str) -> KduStatusResult | None:
+        """Observe once more and write ``phase`` above every progress write; best effort (None when
+        the observation or the write failed: the caller's own final write then takes over)."""
+        seq = final_seq(self.base, self.attempt) if self.base else None
+        try:
+            api = await self.status.api_for(self.ref.cluster_uuid)
+            result = await self.status.observe(self.ref, api)
+            update = build_status_update(self.db_dict.path, self.operation, result, phase=phase)
+            outcome = await self.status.write_status(self.db_dict, update, seq=seq)
+        except (errors.KduflowError, ApplicationError, KubeNotFound, OSError) as exc:
+            log.info("final status of %s not written here: %s", self.ref.kdu_instance, exc)
+            return None
+        if outcome is not WriteOutcome.WRITTEN:
+            return None
+        self.writes += 1
+        return result

@@ -86,13 +86,14 @@ class KduflowPlugin(SimplePlugin):
         self.repos.envs = self.envs
         self.url_policy = UrlPolicy(self.settings, self.store)
         self.status = StatusActivities(self.settings, self.envs, self.store)
-        # Release history and labels are read through the status activities' cached API clients.
+        # Release history and labels are read through the status activities' cached API clients,
+        # and the helm activities report status with their observer.
         self.release = ReleaseActivities(
             self.settings,
             self.envs,
             charts=self.repos.charts,
             url_policy=self.url_policy,
-            apis=self.status.api_for,
+            status=self.status,
         )
         self.clusters = ClusterActivities(self.settings, self.envs, self.store)
         self.lock = LockActivities(self.settings.lock_task_queue)

@@ -38,9 +38,12 @@ from activities.models import (
     PreflightInput,
     ReleaseRef,
     RevisionInfo,
+    StatusReport,
 )
 from activities.release import OP_LABEL, ReleaseActivities, op_marker
 from activities.runner import HOST, ProcessResult, Runner
+from activities.status import StatusActivities, final_seq
+from activities.store import Store
 from kduflow.config import Settings
 from tests.support.sandbox import LOOPBACK_NETWORKS
 
@@ -819,3 +822,66 @@ async def test_preflight_accepts_what_the_policy_allows(tmp_path: Path) -> None:
     ):
         assert await ActivityEnvironment().run(acts.preflight, inp) is None
     assert runner.calls == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Status reported by the helm activity itself (StatusReport)
+# ------------------------------------------------------------------------------------------------
+
+REPORT_PATH = "_admin.deployed.K8s.0"
+
+
+@needs_sandbox
+async def test_helm_activity_reports_progress_then_the_final_status(
+    tools: Any, kube_env: dict[str, str], tmp_path: Path, api: KubeApi, cluster: Any, store: Store
+) -> None:
+    """While helm waits for readiness the activity writes the progress it observes (ordered writes,
+    on change only); once helm succeeded it writes the final phase above every progress write and
+    returns that observation. A failed upgrade writes progress but no final status (the workflow
+    decides and writes it)."""
+    settings = dataclasses.replace(settings_for(tools, tmp_path), poll_interval=0.5)
+
+    class Status(StatusActivities):
+        async def api_for(self, cluster_uuid: str, *, refresh: bool = False) -> KubeApi:
+            return api
+
+    writes: list[dict[str, Any]] = []
+    update_one = store.update_one
+
+    async def recording(collection: str, filter: dict, update: dict, upsert: bool = False) -> int:
+        writes.append(update["$set"])
+        return await update_one(collection, filter, update, upsert)
+
+    store.update_one = recording  # type: ignore[method-assign]
+    await store.insert_one("nsrs", {"_id": "nsr-1", "_admin": {"deployed": {"K8s": [{"kdu-name": "web"}]}}})
+    acts = ReleaseActivities(settings, Envs(kube_env), status=Status(settings, Envs(kube_env), store))
+    db = DbDict(collection="nsrs", filter={"_id": "nsr-1"}, path=REPORT_PATH)
+    ref = ref_for(tools, "reported")
+    cluster.set_ready_delay(1.5)
+    try:
+        inp = HelmInstallInput(
+            ref, chart="webapp", timeout=60, operation_id="op-r",
+            report=StatusReport(db, "install", seq_base=1_000, final_phase="completed"),
+        )  # fmt: skip
+        info = await ActivityEnvironment().run(acts.install, inp)
+        assert info.final_status is not None and info.final_status.ready
+        sub = "_admin.deployed.K8s.0.kduflow"
+        phases = [w[sub]["phase"] for w in writes]
+        assert phases[-1] == "completed" and len(phases) >= 2, phases  # progress seen, then final
+        seqs = [w[sub]["seq"] for w in writes]
+        assert seqs == sorted(seqs) and seqs[-1] == final_seq(1_000, 1)
+        doc = await store.find_one("nsrs", {"_id": "nsr-1"})
+        assert doc is not None
+        assert doc["_admin"]["deployed"]["K8s"][0]["kduflow"]["phase"] == "completed"
+
+        writes.clear()
+        failing = HelmUpgradeInput(
+            ref, chart="webapp", values={"ready": False}, timeout=3, operation_id="op-f", expected_revision=1,
+            report=StatusReport(db, "upgrade", seq_base=2_000, final_phase="completed"),
+        )  # fmt: skip
+        assert (await app_error(ActivityEnvironment().run(acts.upgrade, failing))).type == "UpgradeFailed"
+        assert writes and all(w[sub]["phase"] != "completed" for w in writes)
+        assert all(w[sub]["seq"] < final_seq(2_000, 1) for w in writes)
+    finally:
+        cluster.set_ready_delay(0.2)
+    await ActivityEnvironment().run(acts.uninstall, HelmUninstallInput(ref, timeout=60))

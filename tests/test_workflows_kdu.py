@@ -83,9 +83,23 @@ async def test_install_kdu_success_writes_final_status_and_returns_release(kdu, 
     assert helm.operation_id.endswith("/install")
     # Name given: no name generation, so no list_releases.
     assert cluster.calls["kdu.list_releases"] == []
-    assert cluster.poller_stopped == 1
-    (final,) = cluster.calls["kdu.status"]
+    # The install activity reported status itself and wrote the final status: no poller activity,
+    # no kdu.status after it.
+    (report,) = cluster.reports
+    assert (report.db_dict, report.operation, report.final_phase) == (DB, "install", "completed")
+    assert report.seq_base > 0
+    assert cluster.calls["kdu.poll_status"] == [] and cluster.calls["kdu.status"] == []
+    (final,) = cluster.final_writes
     assert (final.operation, final.phase, final.error, final.db_dict) == ("install", "completed", "", DB)
+
+
+async def test_install_kdu_writes_the_final_status_itself_when_the_activity_could_not(kdu, cluster):
+    cluster.final_report_fails = True
+    inp = InstallKduInput(cluster_uuid="c1", kdu_model="stable/nginx", kdu_instance="web", db_dict=DB)
+    result = await kdu.run(InstallKdu.run, inp)
+    assert result.ready is True
+    (final,) = cluster.calls["kdu.status"]
+    assert (final.operation, final.phase) == ("install", "completed")
 
 
 async def test_install_kdu_without_db_dict_runs_no_poller_and_no_status_write(kdu, cluster):
@@ -111,8 +125,8 @@ async def test_install_kdu_atomic_failure_writes_final_status_then_fails(kdu, cl
     assert "install of stable/nginx as default/web failed" in err.message
     assert "helm removed the failed release (atomic)" in err.message
     assert list(err.details) == [{"revision": 1}]
-    assert cluster.poller_stopped == 1
-    (final,) = cluster.calls["kdu.status"]
+    assert len(cluster.reports) == 1
+    (final,) = cluster.final_writes
     assert (final.operation, final.phase) == ("install", "failed")
     assert "uninstalled due to atomic" in final.error
 
@@ -165,7 +179,6 @@ async def test_install_kdu_cancellation_reaches_helm_stops_poller_and_writes_sta
     inp = InstallKduInput(cluster_uuid="c1", kdu_model="stable/nginx", kdu_instance="web", db_dict=DB)
     handle = await kdu.start(InstallKdu.run, inp)
     await asyncio.wait_for(cluster.install_started.wait(), 20)
-    await asyncio.wait_for(cluster.poller_started.wait(), 20)
     await handle.cancel()
     with pytest.raises(WorkflowFailureError) as info:
         await handle.result()
@@ -175,8 +188,7 @@ async def test_install_kdu_cancellation_reaches_helm_stops_poller_and_writes_sta
     assert description.status == WorkflowExecutionStatus.CANCELED
     # WAIT_CANCELLATION_COMPLETED: the workflow ended only after helm's activity saw the cancel.
     assert cluster.install_saw_cancel
-    assert cluster.poller_stopped == 1
-    (final,) = cluster.calls["kdu.status"]
+    (final,) = cluster.final_writes
     assert (final.operation, final.phase) == ("install", "cancelled")
 
 
@@ -204,8 +216,8 @@ async def test_upgrade_kdu_success(kdu, cluster):
     assert (helm.chart, helm.version, helm.reuse_values) == ("stable/nginx", "2.0.0", True)
     assert cluster.releases["web"].user_values == {"a": 1, "b": 2}
     assert cluster.calls["kdu.rollback"] == []
-    assert [s.phase for s in cluster.calls["kdu.status"]] == ["completed"]
-    assert cluster.poller_stopped == 1
+    assert [s.phase for s in cluster.final_writes] == ["completed"]
+    assert [r.operation for r in cluster.reports] == ["upgrade"]
 
 
 async def test_upgrade_kdu_reset_values_wins_over_default_reuse(kdu, cluster):
@@ -232,11 +244,15 @@ async def test_upgrade_kdu_failure_rolls_back_to_recorded_deployed_revision(kdu,
         "failed",
         "deployed",
     ]
-    final = cluster.calls["kdu.status"][-1]
+    final = cluster.final_writes[-1]
     assert (final.operation, final.phase) == ("upgrade", "rolled-back")
     assert "timed out waiting" in final.error
-    # One poller around the upgrade, one around the rollback, both stopped.
-    assert cluster.poller_stopped == 2
+    # The upgrade and the rollback reported status while they ran; only the workflow wrote the
+    # final status (the rollback's report asks for no final write), after both.
+    reports = [(r.operation, r.final_phase) for r in cluster.reports]
+    assert reports == [("upgrade", "completed"), ("upgrade", "")]
+    assert cluster.reports[0].seq_base <= cluster.reports[1].seq_base <= final.seq_base
+    assert len(cluster.final_writes) == 1
 
 
 async def test_upgrade_kdu_rollback_target_skips_failed_revisions(kdu, cluster):
@@ -255,7 +271,7 @@ async def test_upgrade_kdu_non_atomic_failure_leaves_failed_revision(kdu, cluste
     assert cluster.calls["kdu.rollback"] == []
     assert err.details[0] == {"failed_revision": 3}
     assert "revision 3 stays in place" in err.message
-    assert cluster.calls["kdu.status"][-1].phase == "failed"
+    assert cluster.final_writes[-1].phase == "failed"
 
 
 async def test_upgrade_kdu_rollback_failure_reports_both_revisions(kdu, cluster):
@@ -267,7 +283,7 @@ async def test_upgrade_kdu_rollback_failure_reports_both_revisions(kdu, cluster)
     err = await fails_with(kdu.run(UpgradeKdu.run, _upgrade()), "RollbackFailed")
     assert err.details[0] == {"failed_revision": 3, "rollback_revision": 2}
     assert "rollback to revision 2 failed too" in err.message
-    assert cluster.calls["kdu.status"][-1].phase == "failed"
+    assert cluster.final_writes[-1].phase == "failed"
 
 
 async def test_upgrade_kdu_failure_without_new_revision_keeps_cause_type_and_does_not_roll_back(kdu, cluster):
@@ -310,7 +326,7 @@ async def test_upgrade_kdu_cancellation_stops_helm_and_compensates_when_atomic(k
     assert isinstance(info.value.cause, CancelledError)
     assert description.status == WorkflowExecutionStatus.CANCELED
     statuses = [e.status for e in cluster.releases["web"].history]
-    final = cluster.calls["kdu.status"][-1]
+    final = cluster.final_writes[-1]
     if atomic:
         # The cancelled upgrade left failed revision 3; the saga restores the recorded revision 2.
         assert [r.revision for r in cluster.calls["kdu.rollback"]] == [2]
@@ -320,7 +336,7 @@ async def test_upgrade_kdu_cancellation_stops_helm_and_compensates_when_atomic(k
         assert cluster.calls["kdu.rollback"] == []
         assert statuses == ["superseded", "deployed", "failed"]
         assert final.phase == "cancelled"
-    assert cluster.poller_stopped == (2 if atomic else 1)
+    assert len(cluster.reports) == (2 if atomic else 1)
 
 
 async def test_upgrade_kdu_resolves_empty_namespace_from_the_cluster(kdu, cluster):
@@ -368,8 +384,8 @@ async def test_rollback_kdu_resolves_target_revision(kdu, cluster, statuses, rev
     assert helm.revision == expected
     assert result.restored_revision == expected
     assert result.revision == len(statuses) + 1
-    assert cluster.calls["kdu.status"][-1].phase == "completed"
-    assert cluster.poller_stopped == 1
+    assert cluster.final_writes[-1].phase == "completed"
+    assert [r.operation for r in cluster.reports] == ["rollback"]
 
 
 @pytest.mark.parametrize(
@@ -404,7 +420,7 @@ async def test_rollback_kdu_failure_is_rollback_failed(kdu, cluster):
         "RollbackFailed",
     )
     assert err.details[0] == {"rollback_revision": 1, "current_revision": 2}
-    assert cluster.calls["kdu.status"][-1].phase == "failed"
+    assert cluster.final_writes[-1].phase == "failed"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -444,7 +460,7 @@ async def test_scale_kdu_changes_only_the_detected_key(kdu, cluster, user, chart
     (helm,) = cluster.calls["kdu.upgrade"]
     assert helm.set_values == {key: 5} and helm.values == {} and helm.reuse_values and helm.chart == ""
     assert cluster.releases["web"].user_values["keep"] == "me"
-    assert cluster.calls["kdu.status"][-1].operation == "scale"
+    assert cluster.final_writes[-1].operation == "scale"
 
 
 @pytest.mark.parametrize(
@@ -522,7 +538,7 @@ async def test_uninstall_kdu_removes_existing_release_even_if_pending(kdu, clust
     assert "web" not in cluster.releases
     assert result.status == "absent"
     assert result.message == f"uninstalled (was {status} at revision 1)"
-    assert cluster.calls["kdu.status"][-1].phase == "completed"
+    assert cluster.final_writes[-1].phase == "completed"
 
 
 async def test_uninstall_kdu_failure_keeps_type_and_writes_status(kdu, cluster):
@@ -538,7 +554,7 @@ async def test_uninstall_kdu_failure_keeps_type_and_writes_status(kdu, cluster):
         "CredentialsInvalid",
     )
     assert "uninstall of prod/web (was deployed at revision 1) failed: forbidden" == err.message
-    assert cluster.calls["kdu.status"][-1].phase == "failed"
+    assert cluster.final_writes[-1].phase == "failed"
 
 
 # ------------------------------------------------------------------------------------------------

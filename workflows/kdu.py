@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         RollbackKduInput,
         ScaleKduInput,
         StatusInput,
+        StatusReport,
         UninstallKduInput,
         UninstallOutcome,
         UpgradeKduInput,
@@ -65,6 +66,9 @@ from workflows.validation import InvalidInputError
 
 #: Phases written to the status sub-document (``StatusInput.phase``).
 PHASE_COMPLETED = "completed"
+#: ``workflow.patched`` id: helm activities report status themselves (no ``kdu.poll_status`` beside
+#: them, no ``kdu.status`` after a success). Runs recorded before it replay the two activities.
+PATCH_STATUS_IN_HELM = "status-in-helm-v1"
 PHASE_FAILED = "failed"
 PHASE_ROLLED_BACK = "rolled-back"
 PHASE_CANCELLED = "cancelled"
@@ -162,12 +166,29 @@ async def _run_with_status(
     db_dict: DbDict | None,
     operation: str,
     timeout: int,
+    *,
+    final_phase: str = "",
 ) -> Any:
-    """Run one helm activity with the status poller beside it (when ``db_dict`` is given).
+    """Run one helm activity reporting the release's status into ``db_dict`` while it runs.
 
-    The poller is cancelled and awaited however the helm activity ends, so its last write can never
-    land after the final status write that follows. Errors of the helm activity propagate unchanged.
+    The helm activity reports itself (``StatusReport``): it observes every ``KDUFLOW_POLL_INTERVAL``
+    seconds beside its helm process and, given ``final_phase``, writes the final status as soon as
+    helm succeeded (returned in ``ReleaseInfo.final_status``; None when it could not, and the caller
+    writes it). Runs recorded before that (patch ``status-in-helm-v1``) run ``kdu.poll_status`` as a
+    second activity, cancelled and awaited however the helm activity ends. Errors of the helm
+    activity propagate unchanged.
     """
+    if db_dict is not None and workflow.patched(PATCH_STATUS_IN_HELM):
+        arg.report = StatusReport(
+            db_dict=db_dict,
+            operation=operation,
+            seq_base=int(workflow.now().timestamp() * 1000),
+            final_phase=final_phase,
+        )
+        workflow.set_current_details(f"{operation}: {activity} running on {_ref_text(ref)}")
+        return await workflow.execute_activity(
+            activity, arg, result_type=result_type, **common.helm_options(timeout)
+        )
     poller = None
     if db_dict is not None:
         # Started before helm so the first "operation in progress" write is not delayed by helm's
@@ -454,6 +475,7 @@ async def _guarded_upgrade(plan: _UpgradePlan) -> tuple[ReleaseInfo, KduStatusRe
             plan.db_dict,
             plan.operation,
             plan.timeout,
+            final_phase=PHASE_COMPLETED,
         )
     except (ActivityError, asyncio.CancelledError) as err:
         if common.is_workflow_cancellation(err):
@@ -465,7 +487,7 @@ async def _guarded_upgrade(plan: _UpgradePlan) -> tuple[ReleaseInfo, KduStatusRe
         # release on its failed revision; the workflow then reports what remediation did.
         await common.shielded(_remediate(plan, err, current.revision, restore))
         raise  # unreachable: _remediate always raises
-    status = await _final_status(plan.ref, plan.db_dict, plan.operation, PHASE_COMPLETED)
+    status = info.final_status or await _final_status(plan.ref, plan.db_dict, plan.operation, PHASE_COMPLETED)
     return info, status
 
 
@@ -512,8 +534,9 @@ class InstallKdu(LockClient):
         async with release_lock(ref, "install", wait=inp.wait_for_lock):
             try:
                 info: ReleaseInfo = await _run_with_status(
-                    ACTIVITY_NAMES["install"], helm_input, ReleaseInfo, ref, db_dict, "install", inp.timeout
-                )
+                    ACTIVITY_NAMES["install"], helm_input, ReleaseInfo, ref, db_dict, "install", inp.timeout,
+                    final_phase=PHASE_COMPLETED,
+                )  # fmt: skip
             except (ActivityError, asyncio.CancelledError) as err:
                 if common.is_workflow_cancellation(err):
                     await common.shielded(
@@ -531,7 +554,7 @@ class InstallKdu(LockClient):
                     msg = f"{msg}; {left}"
                 await _final_status(ref, db_dict, "install", PHASE_FAILED, msg)
                 raise ApplicationError(msg, *details, type=etype, non_retryable=True) from err
-            status = await _final_status(ref, db_dict, "install", PHASE_COMPLETED)
+            status = info.final_status or await _final_status(ref, db_dict, "install", PHASE_COMPLETED)
         return _result(info, status, message="installed")
 
 
@@ -629,6 +652,7 @@ class RollbackKdu(LockClient):
                     db_dict,
                     "rollback",
                     inp.timeout,
+                    final_phase=PHASE_COMPLETED,
                 )
             except (ActivityError, asyncio.CancelledError) as err:
                 if common.is_workflow_cancellation(err):
@@ -647,7 +671,7 @@ class RollbackKdu(LockClient):
                     type="RollbackFailed",
                     non_retryable=True,
                 ) from err
-            status = await _final_status(ref, db_dict, "rollback", PHASE_COMPLETED)
+            status = info.final_status or await _final_status(ref, db_dict, "rollback", PHASE_COMPLETED)
         return _result(info, status, message=f"rolled back to revision {target}", restored_revision=target)
 
     @staticmethod

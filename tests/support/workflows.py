@@ -47,6 +47,7 @@ from activities.models import (
     ServiceInfo,
     ServicePort,
     StatusInput,
+    StatusReport,
     UninstallOutcome,
     ValuesResult,
 )
@@ -122,6 +123,13 @@ class FakeCluster:
         self.install_saw_cancel = False
         self.poller_started = asyncio.Event()
         self.poller_stopped = 0
+        #: StatusReports the helm mocks were given (they report status themselves).
+        self.reports: list[StatusReport] = []
+        #: Final status writes in order, by ``kdu.status`` or by a helm mock that succeeded with a
+        #: ``StatusReport.final_phase`` (as a StatusInput: operation, phase, error, db_dict).
+        self.final_writes: list[StatusInput] = []
+        #: The helm mocks' own final write fails (the workflow then writes through kdu.status).
+        self.final_report_fails = False
 
     # -- setup helpers ----------------------------------------------------------------------------
 
@@ -157,6 +165,20 @@ class FakeCluster:
             description=rel.latest.description,
             chart=rel.chart,
         )
+
+    def _reported(self, inp: Any, info: ReleaseInfo) -> ReleaseInfo:
+        """What a helm activity given a StatusReport does after a success: the final write."""
+        report = inp.report
+        if report is None or not report.final_phase or self.final_report_fails:
+            return info
+        self.final_writes.append(
+            StatusInput(inp.ref, report.db_dict, report.operation, phase=report.final_phase,
+                        seq_base=report.seq_base)
+        )  # fmt: skip
+        info.final_status = KduStatusResult(
+            info.kdu_instance, info.namespace, revision=info.revision, status=info.status, ready=True
+        )
+        return info
 
     def _find(self, ref: ReleaseRef) -> FakeRelease | None:
         rel = self.releases.get(ref.kdu_instance)
@@ -216,6 +238,8 @@ def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
     async def install(inp: HelmInstallInput) -> ReleaseInfo:
         cluster = current()
         cluster.calls["kdu.install"].append(inp)
+        if inp.report is not None:
+            cluster.reports.append(inp.report)
         cluster.install_started.set()
         if cluster.block_install:
             try:
@@ -233,12 +257,14 @@ def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
         rel = FakeRelease(namespace=inp.ref.namespace, user_values=dict(inp.values))
         rel.add("deployed", "Install complete")
         cluster.releases[inp.ref.kdu_instance] = rel
-        return cluster._info(inp.ref.kdu_instance)
+        return cluster._reported(inp, cluster._info(inp.ref.kdu_instance))
 
     @activity.defn(name="kdu.upgrade")
     async def upgrade(inp: HelmUpgradeInput) -> ReleaseInfo:
         cluster = current()
         cluster.calls["kdu.upgrade"].append(inp)
+        if inp.report is not None:
+            cluster.reports.append(inp.report)
         rel = cluster._find(inp.ref)
         if rel is None:
             raise ApplicationError("release: not found", type="ReleaseNotFound", non_retryable=True)
@@ -266,17 +292,19 @@ def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
             _deep_set(values, key, value)
         rel.user_values = values
         rel.add("deployed", "Upgrade complete")
-        return cluster._info(inp.ref.kdu_instance)
+        return cluster._reported(inp, cluster._info(inp.ref.kdu_instance))
 
     @activity.defn(name="kdu.rollback")
     async def rollback(inp: HelmRollbackInput) -> ReleaseInfo:
         cluster = current()
         cluster.calls["kdu.rollback"].append(inp)
+        if inp.report is not None:
+            cluster.reports.append(inp.report)
         cluster._fail("kdu.rollback")
         rel = cluster._find(inp.ref)
         assert rel is not None and inp.revision > 0
         rel.add("deployed", f"Rollback to {inp.revision}")
-        return cluster._info(inp.ref.kdu_instance)
+        return cluster._reported(inp, cluster._info(inp.ref.kdu_instance))
 
     @activity.defn(name="kdu.uninstall")
     async def uninstall(inp: HelmUninstallInput) -> UninstallOutcome:
@@ -323,6 +351,8 @@ def build_activities(current: Callable[[], FakeCluster]) -> list[Any]:
         cluster = current()
         cluster.calls["kdu.status"].append(inp)
         cluster._fail("kdu.status")
+        if inp.db_dict is not None:
+            cluster.final_writes.append(inp)
         rel = cluster._find(inp.ref)
         if rel is None:
             return KduStatusResult(inp.ref.kdu_instance, inp.ref.namespace, status="absent")
