@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
@@ -39,13 +38,6 @@ from workflows.cluster import CLUSTER_WORKFLOWS
 from workflows.lock import ReleaseLock
 
 log = logging.getLogger(__name__)
-
-#: The SDK's default cap on how often heartbeats reach the server (0.8 x heartbeat timeout, at most this).
-SDK_MAX_HEARTBEAT_THROTTLE = timedelta(seconds=60)
-#: kduflow's cap. Cancellation reaches an activity only with a heartbeat response, and the workflows
-#: wait for the status poller to stop before writing the final status; with the SDK default (24 s for a
-#: 30 s heartbeat timeout) every install would end up to 24 s late.
-HEARTBEAT_THROTTLE = timedelta(seconds=2)
 
 
 class KduflowPlugin(SimplePlugin):
@@ -116,7 +108,7 @@ class KduflowPlugin(SimplePlugin):
         return data_converter(self._box, base=existing)
 
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
-        """See base class. Also caps the heartbeat throttle unless the worker set its own.
+        """See base class.
 
         The data converter belongs to the client: a plugin handed only to ``Worker(...)`` cannot
         make the client that starts workflows encrypt. So with encryption on, a worker whose client
@@ -138,11 +130,6 @@ class KduflowPlugin(SimplePlugin):
                 client_config = client.config()
                 client_config["data_converter"] = self._data_converter(current)
                 config["client"] = Client(**client_config)
-        if (
-            config.get("max_heartbeat_throttle_interval", SDK_MAX_HEARTBEAT_THROTTLE)
-            == SDK_MAX_HEARTBEAT_THROTTLE
-        ):
-            config["max_heartbeat_throttle_interval"] = HEARTBEAT_THROTTLE
         return config
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
@@ -163,7 +150,6 @@ class KduflowPlugin(SimplePlugin):
             task_queue=lock_queue,
             workflows=[ReleaseLock],
             activities=activity_methods(self.lock),
-            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
         )
         async with companion:
             await super().run_worker(worker, next)

@@ -61,8 +61,10 @@ NON_RETRYABLE_ERROR_TYPES = list(NON_RETRYABLE_TYPES)
 
 #: Added to helm's --timeout for the activity's start_to_close: pull + render + hooks + status read.
 HELM_MARGIN = timedelta(seconds=120)
-#: The runner heartbeats every few seconds while helm runs; 30 s tolerates a slow worker.
-HELM_HEARTBEAT = timedelta(seconds=30)
+#: The runner heartbeats every 5 s while helm runs. 15 s tolerates a busy worker and bounds how
+#: long a dead worker's attempt stays unnoticed; the SDK then sends heartbeats (which carry
+#: cancellation back) at most every 12 s, so a cancel reaches helm within that.
+HELM_HEARTBEAT = timedelta(seconds=15)
 READ_TIMEOUT = timedelta(seconds=60)
 INSPECT_TIMEOUT = timedelta(seconds=180)
 STATUS_TIMEOUT = timedelta(seconds=90)
