@@ -281,12 +281,17 @@ def operation_id(step: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-async def call_read(name: str, arg: Any, result_type: type[T], context: str, **options: Any) -> T:
-    """Run a read-only activity; failures become non-retryable ApplicationErrors naming ``context``."""
+async def call_read(
+    name: str, arg: Any, result_type: type[T], context: str, *, local: bool = False, **options: Any
+) -> T:
+    """Run a read-only activity; failures become non-retryable ApplicationErrors naming ``context``.
+
+    ``local``: as a local activity, for reads that take milliseconds in the worker (helm's storage
+    through the API): no activity task goes through the server.
+    """
+    run = workflow.execute_local_activity if local else workflow.execute_activity
     try:
-        return await workflow.execute_activity(
-            name, arg, result_type=result_type, **(options or read_options())
-        )
+        return await run(name, arg, result_type=result_type, **(options or read_options()))
     except ActivityError as err:
         if is_workflow_cancellation(err):
             raise

@@ -69,6 +69,8 @@ PHASE_COMPLETED = "completed"
 #: ``workflow.patched`` id: helm activities report status themselves (no ``kdu.poll_status`` beside
 #: them, no ``kdu.status`` after a success). Runs recorded before it replay the two activities.
 PATCH_STATUS_IN_HELM = "status-in-helm-v1"
+#: ``workflow.patched`` id: ``kdu.history`` runs as a local activity.
+PATCH_HISTORY_LOCAL = "history-local-v1"
 PHASE_FAILED = "failed"
 PHASE_ROLLED_BACK = "rolled-back"
 PHASE_CANCELLED = "cancelled"
@@ -95,10 +97,15 @@ def _ref_text(ref: ReleaseRef) -> str:
 
 
 async def _history(ref: ReleaseRef) -> list[RevisionInfo]:
-    """``helm history`` sorted by revision; empty means the release does not exist."""
+    """``helm history`` sorted by revision; empty means the release does not exist.
+
+    A local activity (patch ``history-local-v1``): the worker reads helm's storage in one API
+    request, far less than an activity task's round trip through the server.
+    """
     result = await common.call_read(
-        ACTIVITY_NAMES["history"], ref, HistoryResult, f"reading the history of {_ref_text(ref)}"
-    )
+        ACTIVITY_NAMES["history"], ref, HistoryResult, f"reading the history of {_ref_text(ref)}",
+        local=workflow.patched(PATCH_HISTORY_LOCAL),
+    )  # fmt: skip
     return sorted(result.entries, key=lambda e: e.revision)
 
 

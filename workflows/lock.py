@@ -63,6 +63,10 @@ GRANTED_SIGNAL = "kduflow_lock_granted"
 RELEASE_SIGNAL = "release"
 #: ``workflow.patched`` id: operations recorded before the lock existed replay without it.
 PATCH_LOCK = "release-lock-v1"
+#: ``workflow.patched`` id: the lock is requested by a local activity (no activity task round trip
+#: through the server). Runs recorded before it replay the activity. (The release signal stays
+#: awaited: the server drops a signal whose sender closed before delivering it.)
+PATCH_LOCK_LOCAL = "release-lock-local-v1"
 #: How often the lock checks that its holder's run is still open.
 LEASE_CHECK = timedelta(seconds=30)
 #: How long an unheld, empty lock stays open for the next request before it closes.
@@ -243,14 +247,24 @@ async def release_lock(ref: ReleaseRef, operation: str, *, wait: bool = True) ->
     token = str(workflow.uuid4())
     me = LockHolder(info.workflow_id, info.run_id, operation, token, info.workflow_type)
     target = lock_id(ref)
+    request = LockRequestInput(target, ref, LockRequest(me, fail_fast=not wait), info.task_queue)
     try:
-        answer: LockAnswer = await workflow.execute_activity(
-            ACTIVITY_NAMES["lock_request"],
-            LockRequestInput(target, ref, LockRequest(me, fail_fast=not wait), info.task_queue),
-            result_type=LockAnswer,
-            start_to_close_timeout=_REQUEST_TIMEOUT,
-            retry_policy=_REQUEST_RETRY,
-        )
+        if workflow.patched(PATCH_LOCK_LOCAL):
+            answer: LockAnswer = await workflow.execute_local_activity(
+                ACTIVITY_NAMES["lock_request"],
+                request,
+                result_type=LockAnswer,
+                start_to_close_timeout=_REQUEST_TIMEOUT,
+                retry_policy=_REQUEST_RETRY,
+            )
+        else:
+            answer = await workflow.execute_activity(
+                ACTIVITY_NAMES["lock_request"],
+                request,
+                result_type=LockAnswer,
+                start_to_close_timeout=_REQUEST_TIMEOUT,
+                retry_policy=_REQUEST_RETRY,
+            )
     except ActivityError as err:
         raise ApplicationError(
             f"could not reach the lock of release {ref.kdu_instance} in {ref.namespace}: {err}",
