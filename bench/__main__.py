@@ -85,10 +85,10 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             "versions": 1000,
             "scale_reps": 1,
         }
-    # Ten-minute budget: rounds of 64 run once per side; one-at-a-time comes from section 1's
-    # ten raw installs, which are exactly that (measured here only when section 1 is skipped).
+    # Ten-minute budget: one round per side and size; one-at-a-time comes from section 1's ten raw
+    # installs, which are exactly that (measured here only when section 1 is skipped).
     return {
-        "sizes": {16: 2, 64: 1},
+        "sizes": {16: 1, 64: 1},
         "seq_measured": 0,
         "trials": 3,
         "releases": 1000,
@@ -287,8 +287,14 @@ def print_report(result: dict[str, Any]) -> None:
                     rows,
                 )
             )
-            cmds = ", ".join(f"{k} x{v}" for k, v in sorted(seq["install"]["spawns_by_command"].items()))
-            say(f"   processes of {seq['install']['kduflow_s']['n']} kduflow installs: {cmds}")
+            for op, d in seq.items():
+                steps = "; ".join(
+                    f"{x['step']} {x['start']:.2f}-{x['end']:.2f}" for x in d["timeline_of_last"]
+                )
+                say(f"   where the time of the last {op} went (s after start): {steps}")
+            for op, d in seq.items():
+                cmds = ", ".join(f"{k} x{v}" for k, v in sorted(d["spawns_by_activity"].items()))
+                say(f"   processes of {d['kduflow_s']['n']} kduflow {op}s (activity: command): {cmds}")
         conc = data.get("concurrency")
         if conc:
             rows = []

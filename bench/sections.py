@@ -57,6 +57,7 @@ class Sample:
     cpu_children: float = 0.0
     nsr: str = ""
     probe: dict[str, Any] = field(default_factory=dict)
+    workflow_id: str = ""
 
 
 def analyse_events(events: list[dict[str, Any]], nsr: str = "") -> dict[str, Any]:
@@ -92,6 +93,9 @@ def analyse_events(events: list[dict[str, Any]], nsr: str = "") -> dict[str, Any
         "spawns": len(spawns),
         "spawns_by_command": dict(Counter(f"{e['prog']} {e['verb']}".strip() for e in spawns)),
         "spawns_in_poller": sum(1 for e in spawns if e.get("activity") == "kdu.poll_status"),
+        "spawns_by_activity": dict(
+            Counter(f"{e.get('activity') or '?'}: {e['prog']} {e['verb']}" for e in spawns)
+        ),
         "polls": len(polls),
         "observations": sum(1 for e in events if e["ev"] == "observe"),
     }
@@ -145,7 +149,7 @@ async def _kduflow_op(w: World, op: str, name: str, nsr: str, rep: int) -> Sampl
     t1, after_cpu, after_req = time.time(), proc_stat(w.pid), cluster.total_requests()
     if result.status != "deployed":
         raise RuntimeError(f"kduflow {op} of {name} ended {result.status}")
-    return Sample(
+    sample = Sample(
         "kduflow",
         op,
         seconds,
@@ -156,6 +160,8 @@ async def _kduflow_op(w: World, op: str, name: str, nsr: str, rep: int) -> Sampl
         after_cpu.cpu_children - before_cpu.cpu_children,
         nsr,
     )
+    sample.workflow_id = w.last_workflow_id
+    return sample
 
 
 async def _raw_op(w: World, op: str, name: str, rep: int) -> Sample:
@@ -227,6 +233,7 @@ async def sequential(w: World, reps: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for op in OPS:
         kd = [s for s in samples if s.op == op and s.side == "kduflow"]
+        steps = await timeline(w, kd[-1].workflow_id)
         raw = [s for s in samples if s.op == op and s.side == "helm"]
         kd_med, raw_med = median([s.seconds for s in kd]), median([s.seconds for s in raw])
         out[op] = {
@@ -245,13 +252,72 @@ async def sequential(w: World, reps: int) -> dict[str, Any]:
             ),
             "spawns_per_op": summary([s.probe["spawns"] for s in kd]),
             "spawns_by_command": dict(sum((Counter(s.probe["spawns_by_command"]) for s in kd), Counter())),
+            "spawns_by_activity": dict(sum((Counter(s.probe["spawns_by_activity"]) for s in kd), Counter())),
             "polls_per_op": summary([s.probe["polls"] for s in kd]),
             "spawns_in_poller": sum(s.probe["spawns_in_poller"] for s in kd),
             "worker_cpu_s_per_op": summary([s.cpu_self for s in kd]),
             "helm_cpu_s_per_op_in_worker": summary([s.cpu_children for s in kd]),
             "writes_by_activity": dict(sum((Counter(s.probe["writes_by_activity"]) for s in kd), Counter())),
+            "timeline_of_last": steps,
         }
     return out
+
+
+async def timeline(w: World, workflow_id: str) -> list[dict[str, Any]]:
+    """Where one workflow's time went, from its history: every activity (scheduled and closed, seconds
+    after the workflow started), local activities (markers), signals, and the close."""
+    from temporalio.api.enums.v1 import EventType
+
+    assert w.client is not None
+    history = await w.client.get_workflow_handle(workflow_id).fetch_history()
+    t0: float | None = None
+    scheduled: dict[int, tuple[str, float]] = {}
+    steps: list[dict[str, Any]] = []
+    for event in history.events:
+        t = event.event_time.ToDatetime(tzinfo=dt.UTC).timestamp()
+        t0 = t if t0 is None else t0
+        at = round(t - t0, 3)
+        et = event.event_type
+        if et == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = (
+                event.activity_task_scheduled_event_attributes.activity_type.name,
+                at,
+            )
+        elif et in (
+            EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+            EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+            EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED,
+        ):
+            attrs = (
+                event.activity_task_completed_event_attributes
+                if et == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+                else event.activity_task_failed_event_attributes
+                if et == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+                else event.activity_task_canceled_event_attributes
+            )
+            name, start = scheduled.get(attrs.scheduled_event_id, ("?", at))
+            steps.append({"step": name, "start": start, "end": at})
+        elif et == EventType.EVENT_TYPE_MARKER_RECORDED:
+            steps.append(
+                {
+                    "step": f"local activity ({event.marker_recorded_event_attributes.marker_name})",
+                    "start": at,
+                    "end": at,
+                }
+            )
+        elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            steps.append(
+                {
+                    "step": f"signal {event.workflow_execution_signaled_event_attributes.signal_name}",
+                    "start": at,
+                    "end": at,
+                }
+            )
+        elif et == EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED:
+            steps.append({"step": "cancel requested (poller)", "start": at, "end": at})
+        elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+            steps.append({"step": "workflow completed", "start": at, "end": at})
+    return sorted(steps, key=lambda s: (s["start"], s["end"]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -676,7 +742,7 @@ async def scale(w: World, big: ChartRepoServer, releases: int, reps: int) -> dic
     names: list[str] = []
     for rep in range(2):
         name_k, name_r = f"big{rep}-k", f"big{rep}-r"
-        names += [name_k, name_r]
+        names.append(name_k)
         seconds, res = await w.workflow(
             "InstallKdu",
             InstallKduInput(
@@ -691,23 +757,25 @@ async def scale(w: World, big: ChartRepoServer, releases: int, reps: int) -> dic
             KduResult,
             prefix="big",
         )
-        raw = await w.raw(
-            cidx,
-            "install",
-            name_r,
-            f"{big_name}/webapp",
-            "--version",
-            "0.1.0",
-            "--namespace",
-            ns,
-            "--create-namespace",
-            w.wait_flag,
-            "--timeout",
-            f"{OP_TIMEOUT}s",
-            "--output",
-            "json",
-            values={"replicaCount": 1},
-        )
+        if rep == 0:
+            raw = await w.raw(
+                cidx,
+                "install",
+                name_r,
+                f"{big_name}/webapp",
+                "--version",
+                "0.1.0",
+                "--namespace",
+                ns,
+                "--create-namespace",
+                w.wait_flag,
+                "--timeout",
+                f"{OP_TIMEOUT}s",
+                "--output",
+                "json",
+                values={"replicaCount": 1},
+            )
+            names.append(name_r)
         installs.append(
             {
                 "kduflow_s": round(seconds, 3),

@@ -183,6 +183,8 @@ class World:
         self.client: Client | None = None
         self.store: Store | None = None
         self.versions: dict[str, str] = {}
+        #: Id of the workflow :meth:`workflow` started last.
+        self.last_workflow_id = ""
 
     @property
     def wait_flag(self) -> str:
@@ -312,10 +314,11 @@ class World:
         """Start one workflow and wait for its result; seconds from ``start_workflow`` to the result."""
         assert self.client is not None
         started = time.monotonic()
+        self.last_workflow_id = f"{prefix}-{name}-{uuid.uuid4().hex[:10]}"
         handle = await self.client.start_workflow(
             name,
             arg,
-            id=f"{prefix}-{name}-{uuid.uuid4().hex[:10]}",
+            id=self.last_workflow_id,
             task_queue=self.task_queue,
             result_type=result_type,
             execution_timeout=timedelta(seconds=600),
