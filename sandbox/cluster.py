@@ -346,6 +346,18 @@ class SandboxCluster:
         with self._counter_lock:
             return self._total
 
+    def readiness_events(self, namespace: str | None = None, since: float = 0.0) -> list[dict[str, Any]]:
+        """Readiness transitions of Pods and Deployments (``{"time", "kind", "namespace", "name",
+        "ready"}``, ``time`` in epoch seconds, oldest first) at or after ``since``, optionally of one
+        namespace; the most recent 20,000 are kept. An object's first status counts as a transition."""
+        with self.store.lock:
+            log = list(self.controllers.readiness_log)
+        return [
+            {"time": t, "kind": kind, "namespace": ns, "name": name, "ready": ready}
+            for t, kind, ns, name, ready in log
+            if t >= since and (namespace is None or ns == namespace)
+        ]
+
     # ---- state ----
 
     def _type(self, kind_plural: str) -> Any:
@@ -361,6 +373,17 @@ class SandboxCluster:
         with self.store.lock:
             obj = self.store.get(rt.key, (namespace or "") if rt.namespaced else "", name)
             return copy.deepcopy(self.api.view(rt, obj)) if obj is not None else None
+
+    def create(self, kind_plural: str, namespace: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """Create one object as a POST would (uncounted, never faulted); returns a copy of it.
+        Raises ValueError for an unknown resource or an object the API refuses."""
+        rt = self._type(kind_plural)
+        from .api import ApiError
+
+        try:
+            return copy.deepcopy(self.api.create(rt, (namespace or "") if rt.namespaced else "", body))
+        except ApiError as e:
+            raise ValueError(e.message) from e
 
     def list(
         self, kind_plural: str, namespace: str | None = None, label_selector: str = ""
@@ -410,4 +433,5 @@ class SandboxCluster:
         with self.store.lock:
             self.api.reset()
             self.controllers.seen.clear()
+            self.controllers.readiness_log.clear()
         self.reset_counters()

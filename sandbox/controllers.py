@@ -13,6 +13,7 @@ import hashlib
 import json
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from .api import FAIL_ANNOTATION, Api, now_iso
@@ -28,6 +29,8 @@ PODS: Key = ("", "pods")
 SERVICES: Key = ("", "services")
 PVCS: Key = ("", "persistentvolumeclaims")
 NODE_NAME = "sandbox-node"
+#: Readiness transitions kept by :attr:`Controllers.readiness_log` (oldest dropped first).
+READINESS_LOG_SIZE = 20_000
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -84,6 +87,22 @@ def _condition(
     return cond
 
 
+def _ready(key: Key, obj: dict[str, Any]) -> bool:
+    """Whether a Pod is Ready, or a Deployment has every replica updated and ready (generation seen)."""
+    status = obj.get("status") or {}
+    if key == PODS:
+        return any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []
+        )
+    desired = int((obj.get("spec") or {}).get("replicas", 1))
+    return (
+        int(status.get("observedGeneration", 0)) >= int(obj["metadata"].get("generation", 1))
+        and int(status.get("updatedReplicas", 0)) >= desired
+        and int(status.get("readyReplicas", 0)) >= desired
+        and int(status.get("replicas", 0)) == desired
+    )
+
+
 class Controllers:
     def __init__(self, api: Api) -> None:
         self.api = api
@@ -94,6 +113,10 @@ class Controllers:
         self.stopped = threading.Event()
         self.store.on_write = self.wake.set
         self.passes = 0
+        #: ``(epoch seconds, kind, namespace, name, ready)`` each time a Pod's Ready condition or a
+        #: Deployment's readiness (every replica updated and ready, generation observed) changes,
+        #: stamped when the controllers write the status that clients then read.
+        self.readiness_log: deque[tuple[float, str, str, str, bool]] = deque(maxlen=READINESS_LOG_SIZE)
 
     def _rt(self, key: Key) -> ResourceType:
         rt = self.api.registry.by_plural(f"{key[1]}.{key[0]}" if key[0] else key[1])
@@ -175,6 +198,12 @@ class Controllers:
             return
         new = dict(obj, metadata=dict(obj["metadata"]), status=status)
         self.store.put(key, new, "MODIFIED")
+        if key in (PODS, DEPLOYMENTS):
+            was, now = _ready(key, obj), _ready(key, new)
+            if was != now or obj.get("status") is None:
+                meta = obj["metadata"]
+                kind = "Pod" if key == PODS else "Deployment"
+                self.readiness_log.append((time.time(), kind, meta.get("namespace", ""), meta["name"], now))
 
     def _set_replicas(self, key: Key, obj: dict[str, Any], replicas: int) -> None:
         if (obj.get("spec") or {}).get("replicas") == replicas:
