@@ -15,6 +15,7 @@ import pytest_asyncio
 import yaml
 from temporalio.exceptions import ApplicationError
 
+from activities import repos as repos_module
 from activities.cluster_env import ClusterEnvs
 from activities.repos import RepoActivities
 from activities.runner import ProcessResult, Runner
@@ -459,3 +460,20 @@ async def test_stable_repository_url_with_credentials_is_refused(
     assert not any(argv[1:3] == ["repo", "add"] for argv, _ in runner.calls)
     doc = await store.find_one("k8sclusters", {"_id": CLUSTER})
     assert PASSWORD not in repr(doc)
+
+
+def test_index_versions_stay_strings(tmp_path: Path) -> None:
+    """Versions are read as helm reads them, strings: an unquoted ``1.10`` is not the number 1.1,
+    a date-like or boolean-like value is not converted; libyaml parses when PyYAML has it."""
+    index = tmp_path / "index.yaml"
+    index.write_text(
+        "apiVersion: v1\nentries:\n"
+        "  ten:\n  - name: ten\n    version: 1.10\n  - name: ten\n    version: 2.0\n"
+        "  odd:\n  - name: odd\n    version: 2026-01-01\n  - version: yes\n  - not-a-mapping\n"
+        "  broken: 7\n"
+    )
+    assert repos_module._read_index(index) == {"ten": {"1.10", "2.0"}, "odd": {"2026-01-01", "yes"}}
+    if yaml.__with_libyaml__:
+        assert repos_module._INDEX_LOADER is yaml.CBaseLoader
+    index.write_text("entries: [unclosed\n")
+    assert repos_module._read_index(index) == {}
