@@ -60,6 +60,17 @@ class Sample:
     workflow_id: str = ""
 
 
+#: Activities that observe a release on a timer: the helm activities report status while helm runs;
+#: ``kdu.poll_status`` is the separate poller of workflows recorded before that.
+POLLING_ACTIVITIES = frozenset({"kdu.poll_status", "kdu.install", "kdu.upgrade", "kdu.rollback"})
+
+
+def _spawned_by_polling(event: dict[str, Any]) -> bool:
+    """A process a status poll started: anything the separate poller ran, and kubectl anywhere (the
+    status reads' fallback for exec-plugin credentials; the helm activities run only helm)."""
+    return event.get("activity") == "kdu.poll_status" or event.get("prog") == "kubectl"
+
+
 def analyse_events(events: list[dict[str, Any]], nsr: str = "") -> dict[str, Any]:
     """Counts from the worker's probe events of one operation (or one round).
 
@@ -82,7 +93,7 @@ def analyse_events(events: list[dict[str, Any]], nsr: str = "") -> dict[str, Any
             changes += 1
         last[e["id"]] = e["digest"]
     spawns = [e for e in events if e["ev"] == "spawn"]
-    polls = [e for e in events if e["ev"] == "observe" and e.get("activity") == "kdu.poll_status"]
+    polls = [e for e in events if e["ev"] == "observe" and e.get("activity") in POLLING_ACTIVITIES]
     return {
         "status_writes": len(writes),
         "status_writes_matched": sum(1 for e in writes if e.get("matched", 1)),
@@ -92,7 +103,7 @@ def analyse_events(events: list[dict[str, Any]], nsr: str = "") -> dict[str, Any
         "other_store_writes": sum(1 for e in events if e["ev"] == "write" and e.get("coll") != "nsrs"),
         "spawns": len(spawns),
         "spawns_by_command": dict(Counter(f"{e['prog']} {e['verb']}".strip() for e in spawns)),
-        "spawns_in_poller": sum(1 for e in spawns if e.get("activity") == "kdu.poll_status"),
+        "spawns_in_poller": sum(1 for e in spawns if _spawned_by_polling(e)),
         "spawns_by_activity": dict(
             Counter(f"{e.get('activity') or '?'}: {e['prog']} {e['verb']}" for e in spawns)
         ),
@@ -526,7 +537,7 @@ async def readiness(w: World, trials: int) -> dict[str, Any]:
             if e["ev"] == "write"
             and e.get("digest")
             and not e.get("ready")
-            and e.get("activity") == "kdu.poll_status"
+            and e.get("activity") in POLLING_ACTIVITIES
         }
         gaps = _poll_gaps(evs, names)
         if all(n in seen for n in nsrs) and len(gaps) >= len(names):
@@ -590,7 +601,7 @@ def _poll_gaps(events: list[dict[str, Any]], names: list[str]) -> list[float]:
         ts = sorted(
             e["t"]
             for e in events
-            if e["ev"] == "observe" and e.get("rel") == name and e.get("activity") == "kdu.poll_status"
+            if e["ev"] == "observe" and e.get("rel") == name and e.get("activity") in POLLING_ACTIVITIES
         )
         gaps += [b - a for a, b in zip(ts, ts[1:], strict=False)]
     return gaps
