@@ -1,13 +1,14 @@
 """Minimal async Kubernetes REST client, built from a kubeconfig, for cheap status polling.
 
 Why not helm/kubectl: a status poller that spawns a process per release every few seconds is too
-expensive, so ``kdu.status``/``kdu.poll_status`` read the API directly: one keep-alive HTTP(S)
-connection per client, JSON only, GET only.
+expensive, so status reads go to the API directly: a few kept-alive HTTP(S) connections per
+client, JSON only, GET only.
 
 Two transports share one interface (:class:`KubeApiBase`):
 
-* :class:`KubeApi` speaks HTTP(S) itself (stdlib ``http.client`` on a worker thread; one connection
-  per client, reused, guarded by a lock). It understands the kubeconfig's current context: server,
+* :class:`KubeApi` speaks HTTP(S) itself (stdlib ``http.client`` on request threads; up to
+  ``MAX_CONNECTIONS`` connections per client, kept alive and reused). It understands the
+  kubeconfig's current context: server,
   ``certificate-authority-data``, ``insecure-skip-tls-verify``, ``tls-server-name``, user ``token``,
   ``client-certificate-data`` + ``client-key-data``, ``username``/``password``.
 * :class:`KubectlRawApi` runs ``kubectl get --raw`` per request. It exists for kubeconfigs whose user
@@ -42,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import concurrent.futures
 import functools
 import http.client
 import ipaddress
@@ -63,6 +65,22 @@ from activities import errors, kubeconfig_policy, url_policy
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0
+#: Requests one client (one cluster) sends at once, each on its own kept-alive connection: status
+#: reports of many releases on one cluster must not queue behind each other on one connection.
+MAX_CONNECTIONS = 8
+#: Threads that run the blocking HTTP requests of every client of the process (not the event loop's
+#: default executor, which has cpu_count + 4 threads shared with everything else).
+REQUEST_THREADS = 32
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _request_threads() -> concurrent.futures.ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(REQUEST_THREADS, "kduflow-kubeapi")
+        return _executor
 #: Like client-go: a 429 or 5xx answer with Retry-After is retried after the delay it asks for
 #: (capped), a few times, before it becomes an error.
 RETRY_AFTER_ATTEMPTS = 3
@@ -425,7 +443,7 @@ class _HTTPSConnection(http.client.HTTPSConnection):
 
 
 class KubeApi(KubeApiBase):
-    """HTTP(S) transport: one keep-alive connection, requests serialised by a lock, run on a thread."""
+    """HTTP(S) transport: up to ``max_connections`` kept-alive connections, requests run on threads."""
 
     def __init__(
         self,
@@ -438,6 +456,7 @@ class KubeApi(KubeApiBase):
         tls_server_name: str | None = None,
         private_networks: Iterable[str | url_policy.IPNetwork] | None = None,
         server_field: str = "clusters[0].cluster.server",
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         super().__init__(namespace)
         url = urllib.parse.urlsplit(server)
@@ -455,9 +474,10 @@ class KubeApi(KubeApiBase):
         self._tls_server_name = tls_server_name
         self._headers = {"Accept": "application/json", "User-Agent": _USER_AGENT, **(headers or {})}
         self._timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
-        self._lock = threading.Lock()
-        self._async_lock = asyncio.Lock()
+        #: Kept-alive connections not in use, and the number of requests allowed at once.
+        self._idle: list[http.client.HTTPConnection] = []
+        self._pool_lock = threading.Lock()
+        self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
         #: None: connect wherever the server resolves; else only to public addresses or these networks.
         self._networks: tuple[url_policy.IPNetwork, ...] | None = (
@@ -476,6 +496,7 @@ class KubeApi(KubeApiBase):
         exec_plugins: Collection[str] | None = None,
         allow_proxy: bool | None = None,
         private_networks: Iterable[str | url_policy.IPNetwork] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> KubeApi:
         """Build a client for the kubeconfig's current (or named) context.
 
@@ -550,6 +571,7 @@ class KubeApi(KubeApiBase):
             tls_server_name=cluster.get("tls-server-name"),
             private_networks=private_networks,
             server_field=f"clusters[{cluster_index}].cluster.server",
+            max_connections=max_connections,
         )
 
     def _new_conn(self) -> http.client.HTTPConnection:
@@ -564,84 +586,83 @@ class KubeApi(KubeApiBase):
             )
         return _HTTPConnection(self._host, self._port, timeout=self._timeout, networks=self._networks)
 
-    def _drop_conn(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def _checkout(self) -> http.client.HTTPConnection | None:
+        with self._pool_lock:
+            return self._idle.pop() if self._idle else None
+
+    def _checkin(self, conn: http.client.HTTPConnection) -> None:
+        with self._pool_lock:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()  # close() ran during the request
 
     def _request_sync(self, path_qs: str) -> tuple[int, bytes, float | None]:
-        with self._lock:
+        """One GET on an idle kept-alive connection, or a new one; runs in a request thread."""
+        if self._closed:
+            raise _error("ClusterUnreachable", "Kubernetes API client is closed")
+        conn = self._checkout()
+        for attempt in range(2):
+            reused = conn is not None
+            if conn is None:
+                conn = self._new_conn()
             try:
-                if self._closed:
-                    raise _error("ClusterUnreachable", "Kubernetes API client is closed")
-                for attempt in range(2):
-                    reused = self._conn is not None
-                    if self._conn is None:
-                        self._conn = self._new_conn()
-                    try:
-                        self._conn.request("GET", self._base_path + path_qs, headers=self._headers)
-                        resp = self._conn.getresponse()
-                        body = resp.read()
-                    except _AddressRefused as exc:
-                        self._drop_conn()
-                        field = self._server_field
-                        log.warning(
-                            "kubeconfig refused: %s: %s (not in KDUFLOW_ALLOW_PRIVATE_NETWORKS)", field, exc
-                        )
-                        raise errors.CredentialsInvalid(
-                            f"kubeconfig refused: {field}: {kubeconfig_policy.SERVER_REFUSED}",
-                            details={"field": field},
-                        ) from None
-                    except ssl.SSLCertVerificationError as exc:
-                        self._drop_conn()
-                        raise _error(
-                            "CredentialsInvalid",
-                            f"TLS verification of {self.server} failed: {exc.verify_message}",
-                        ) from None
-                    except (
-                        http.client.RemoteDisconnected,
-                        ConnectionResetError,
-                        BrokenPipeError,
-                        http.client.BadStatusLine,
-                    ) as exc:
-                        self._drop_conn()
-                        # A kept-alive connection the server closed while idle: GET is safe to resend once.
-                        if reused and attempt == 0:
-                            continue
-                        raise _error(
-                            "ClusterUnreachable",
-                            f"Kubernetes API {self.server}: {type(exc).__name__}",
-                        ) from None
-                    except (OSError, http.client.HTTPException) as exc:
-                        self._drop_conn()
-                        what = "timed out" if isinstance(exc, socket.timeout | TimeoutError) else str(exc)
-                        raise _error(
-                            "ClusterUnreachable",
-                            f"Kubernetes API {self.server} unreachable: {what}",
-                        ) from None
-                    if resp.will_close:
-                        self._drop_conn()
-                    return resp.status, body, _retry_after(resp.getheader("Retry-After"))
-                raise AssertionError("unreachable")  # pragma: no cover
-            finally:
-                # close() during a request (a cancelled poll) leaves the closing to the request thread.
-                if self._closed:
-                    self._drop_conn()
+                conn.request("GET", self._base_path + path_qs, headers=self._headers)
+                resp = conn.getresponse()
+                body = resp.read()
+            except _AddressRefused as exc:
+                conn.close()
+                field = self._server_field
+                log.warning("kubeconfig refused: %s: %s (not in KDUFLOW_ALLOW_PRIVATE_NETWORKS)", field, exc)
+                raise errors.CredentialsInvalid(
+                    f"kubeconfig refused: {field}: {kubeconfig_policy.SERVER_REFUSED}",
+                    details={"field": field},
+                ) from None
+            except ssl.SSLCertVerificationError as exc:
+                conn.close()
+                raise _error(
+                    "CredentialsInvalid",
+                    f"TLS verification of {self.server} failed: {exc.verify_message}",
+                ) from None
+            except (
+                http.client.RemoteDisconnected,
+                ConnectionResetError,
+                BrokenPipeError,
+                http.client.BadStatusLine,
+            ) as exc:
+                conn.close()
+                conn = None
+                # A kept-alive connection the server closed while idle: GET is safe to resend once.
+                if reused and attempt == 0:
+                    continue
+                what = type(exc).__name__
+                raise _error("ClusterUnreachable", f"Kubernetes API {self.server}: {what}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                what = "timed out" if isinstance(exc, socket.timeout | TimeoutError) else str(exc)
+                message = f"Kubernetes API {self.server} unreachable: {what}"
+                raise _error("ClusterUnreachable", message) from None
+            if resp.will_close:
+                conn.close()
+            else:
+                self._checkin(conn)
+            return resp.status, body, _retry_after(resp.getheader("Retry-After"))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _get_raw(self, path_qs: str) -> tuple[int, bytes, float | None]:
-        # Queue here rather than on the thread lock, so concurrent callers of one client do not
-        # each hold a worker thread of the default executor while waiting for the connection.
-        async with self._async_lock:
-            return await asyncio.to_thread(self._request_sync, path_qs)
+        # At most max_connections requests of this client at once; the others queue here, on the
+        # event loop, rather than each holding a request thread while they wait.
+        async with self._slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(_request_threads(), self._request_sync, path_qs)
 
     async def close(self) -> None:
-        self._closed = True
-        # Never block the event loop: if a request thread holds the lock, it drops the connection.
-        if self._lock.acquire(blocking=False):
-            try:
-                self._drop_conn()
-            finally:
-                self._lock.release()
+        """Close the idle connections; those in use are closed when their request ends."""
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def _load_client_cert(ctx: ssl.SSLContext, user: Mapping[str, Any]) -> None:

@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="KDUFLOW_POLL_INTERVAL given to the worker (default %(default)s s)",
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the random poll phases")
+    p.add_argument(
+        "--temporal-db",
+        choices=("memory", "file"),
+        default="file",
+        help="the dev server's persistence: SQLite file (default) or in memory",
+    )
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     unknown = set(args.sections) - set(SECTIONS)
@@ -160,6 +166,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
         "poll_interval_s": args.poll_interval,
+        "temporal_db": args.temporal_db,
         "reps": args.reps,
         "plan": sizes,
         "helm": {},
@@ -167,7 +174,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kduflow-bench-")))
-        address = stack.enter_context(dev_server(workdir / "temporal", free_port()))
+        address = stack.enter_context(
+            dev_server(workdir / "temporal", free_port(), persist=args.temporal_db == "file")
+        )
         clusters = [stack.enter_context(SandboxCluster(tls=True, ready_delay=1.0)) for _ in range(4)]
         repo = stack.enter_context(chart_repo(ROOT / "tools" / "helm3" / "helm"))
         big_dir = sections.build_big_repo(repo.directory, workdir / "big-repo", sizes["versions"])

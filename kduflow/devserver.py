@@ -53,22 +53,16 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 
 @contextlib.contextmanager
-def dev_server(state_dir: Path, port: int = 7233, ui_port: int | None = None) -> Iterator[str]:
-    """A ``temporal server start-dev`` child with SQLite persistence; yields its address."""
+def dev_server(
+    state_dir: Path, port: int = 7233, ui_port: int | None = None, *, persist: bool = True
+) -> Iterator[str]:
+    """A ``temporal server start-dev`` child, with SQLite persistence under ``state_dir`` unless
+    ``persist`` is false (in memory); yields its address."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        temporal_binary(),
-        "server",
-        "start-dev",
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db-filename",
-        str(state_dir / "temporal.db"),
-        "--log-level",
-        "warn",
-    ]
+    argv = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port)]
+    if persist:
+        argv += ["--db-filename", str(state_dir / "temporal.db")]
+    argv += ["--log-level", "warn"]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

@@ -158,8 +158,9 @@ async def test_server_closing_idle_connection_is_retried_once(fake: FakeKube) ->
     try:
         await api.version()
         # Simulate the server dropping the idle keep-alive connection.
-        assert api._conn is not None and api._conn.sock is not None
-        api._conn.sock.shutdown(socket.SHUT_RDWR)
+        (idle,) = api._idle
+        assert idle.sock is not None
+        idle.sock.shutdown(socket.SHUT_RDWR)
         assert (await api.version())["major"] == "1"
     finally:
         await api.close()
@@ -428,3 +429,16 @@ async def test_throttled_answers_with_retry_after_are_retried_like_client_go(
             assert api.requests == 4 + 1 + RETRY_AFTER_ATTEMPTS
         finally:
             await api.close()
+
+
+async def test_concurrent_requests_use_several_kept_alive_connections(fake: FakeKube) -> None:
+    """Status reports of many releases on one cluster run side by side (at most max_connections at
+    once), each on a kept-alive connection that later requests reuse."""
+    api = KubeApi.from_kubeconfig(fake.kubeconfig(), max_connections=3)
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(api.version() for _ in range(6)))
+    finally:
+        await api.close()
+    assert 1 < fake.connections <= 3
+    assert api.requests == 18
