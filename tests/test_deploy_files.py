@@ -564,15 +564,25 @@ def test_dockerfile_verifies_each_download_before_using_it():
 
 
 @pytest.mark.parametrize("arch", ["s390x", ""])
-def test_dockerfile_refuses_an_architecture_without_pins(arch):
-    # Runs the tools stage's script as the build would; it stops at the architecture check, before
-    # any download or file write.
+def test_dockerfile_refuses_an_architecture_without_pins(arch, tmp_path):
+    # Runs the tools stage's script as the build would. It must stop at the architecture check:
+    # python3 (the downloader) is a stand-in here that records being called and fails.
     (run,) = stage("tools").all("RUN")
-    env = {**stage("tools").args(), "TARGETARCH": arch, "PATH": os.environ["PATH"]}
-    done = subprocess.run(["/bin/sh", "-c", run], env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 1
+    fake = tmp_path / "bin" / "python3"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\ntouch "$FETCH_MARKER"\nexit 97\n')
+    fake.chmod(0o755)
+    marker = tmp_path / "fetched"
+    env = {
+        **stage("tools").args(), "TARGETARCH": arch, "FETCH_MARKER": str(marker),
+        "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}",
+    }  # fmt: skip
+    done = subprocess.run(["/bin/sh", "-c", run], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 1, done.stderr
     assert f"no pinned helm/kubectl sha256 for TARGETARCH='{arch}'" in done.stderr
     assert "linux/amd64 or linux/arm64" in done.stderr
+    assert not marker.exists(), "the script downloaded before refusing the architecture"
 
 
 def test_image_runs_unprivileged_with_the_verified_binaries():
