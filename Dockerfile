@@ -16,7 +16,8 @@ ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
 # fetch_tools.py's 4.3.1: these pins were checked against helm 4.3.0's published checksums
 # (kduflow supports helm 4 from 4.2).
 # ---------------------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS tools
+# Runs on the build machine's platform (no emulation); it fetches binaries for TARGETARCH.
+FROM --platform=$BUILDPLATFORM ${PYTHON_IMAGE} AS tools
 ARG TARGETARCH
 ARG HELM_VERSION=4.3.0
 ARG HELM_SHA256_AMD64=86584a54def73570558f66f5111cc53dfed56689637ae32c1201205d494f54fb

@@ -156,7 +156,7 @@ def dockerfile() -> tuple[dict[str, str], list[Stage]]:
     stages: list[Stage] = []
     for instruction, arguments in dockerfile_instructions():
         if instruction == "FROM":
-            words = arguments.split()
+            words = [w for w in arguments.split() if not w.startswith("--platform=")]
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
             stages.append(Stage(words[0], name, []))
         elif not stages:
@@ -678,3 +678,33 @@ def test_runbook_names_only_settings_that_exist():
     for plugin in ("aws", "gke-gcloud-auth-plugin", "kubelogin"):
         assert plugin in text
     assert "README.md#configuration" in text
+
+
+def test_namespace_job_retries_until_temporal_answers_then_creates_the_namespace(tmp_path):
+    # The production namespace job's script, run with stand-ins for the temporal CLI and sleep: the
+    # CLI's cluster health check fails twice, the namespace does not exist yet.
+    script = interpolate(services()["temporal-namespace"]["command"][0], {})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "temporal").write_text(
+        "#!/bin/sh\n"
+        'echo "$*" >> "$CALLS"\n'
+        'if [ "$*" = "operator cluster health" ]; then\n'
+        '  n=$(grep -c "^operator cluster health$" "$CALLS"); [ "$n" -gt 2 ] || exit 1\n'
+        "fi\n"
+        'case "$*" in "operator namespace describe"*) exit 1 ;; esac\n'
+    )
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {"CALLS": str(calls), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["/bin/sh", "-ec", script], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == [
+        "operator cluster health",
+        "operator cluster health",
+        "operator cluster health",
+        "operator namespace describe --namespace default",
+        "operator namespace create --namespace default --retention 7d",
+    ]
