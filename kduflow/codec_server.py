@@ -721,9 +721,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the codec server until SIGINT/SIGTERM; returns the process exit code (2: bad settings)."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    level = str(args.log_level).strip().upper()
+    if not isinstance(logging.getLevelName(level), int):
+        label = "--log-level" if argv is not None and any(a.startswith("--log-level") for a in argv) \
+            else "KDUFLOW_LOG_LEVEL"
+        print(f"kduflow-codec-server: {label}={args.log_level!r}: not a logging level "
+              "(DEBUG, INFO, WARNING, ERROR, CRITICAL)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = CodecServerSettings.from_args(args, os.environ)
         server = build_server(settings)

@@ -127,8 +127,9 @@ async def test_encode_decode_round_trip_with_the_workers_codec():
     assert isinstance(workers, EncryptionCodec)
     marker = f"marker-{uuid.uuid4().hex}"
     with serving(settings) as server:
-        status, _, body = call(server, "/encode", payloads_json(plain(marker), plain("second")))
+        status, headers, body = call(server, "/encode", payloads_json(plain(marker), plain("second")))
         assert status == 200
+        assert headers["Content-Type"] == "application/json" and headers["Cache-Control"] == "no-store"
         encoded = parse_payloads(body)
         assert [p.metadata["encoding"] for p in encoded] == [ENCODING, ENCODING]
         assert [p.metadata[KEY_ID] for p in encoded] == [b"k1", b"k1"]
@@ -258,6 +259,30 @@ def test_limits_methods_and_errors_never_echo_the_body():
         assert call(server, "/decode", b"nope", conn=conn)[0] == 400
         assert call(server, "/decode", payloads_json(plain("x")), conn=conn)[0] == 200
         conn.close()
+
+
+def test_idle_connections_time_out_and_connections_are_capped(monkeypatch: pytest.MonkeyPatch):
+    import kduflow.codec_server as module
+
+    monkeypatch.setattr(module, "IO_TIMEOUT", 0.5)
+    monkeypatch.setattr(module._Handler, "timeout", 0.5)
+    monkeypatch.setattr(module, "MAX_CONNECTIONS", 2)
+    with serving(CodecServerSettings.from_env(env())) as server:
+        address = server.server_address[:2]
+        with socket.create_connection(address, timeout=5) as idle:
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server, not by this 5 s timeout
+            assert time.monotonic() - started < 3
+        first, second = socket.create_connection(address), socket.create_connection(address)
+        time.sleep(0.1)
+        with socket.create_connection(address, timeout=5) as third:
+            started = time.monotonic()
+            assert third.recv(1) == b""  # refused at once while two connections are open
+            assert time.monotonic() - started < 0.4
+        first.close()
+        second.close()
+        time.sleep(0.7)  # both slots free again after the timeout
+        assert call(server, "/decode", payloads_json(plain("x")))[0] == 200
 
 
 def test_insecure_no_auth_only_on_loopback():
@@ -592,6 +617,14 @@ async def test_temporal_cli_encodes_and_decodes_through_the_codec_server(local_e
             assert shown.returncode == 0, shown.stderr
             texts, _ = shown_payloads(shown.stdout)
             assert chart in texts and value_marker in texts
+
+
+def test_log_level_is_validated(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("KDUFLOW_LOG_LEVEL", "chatty")
+    assert main([]) == 2
+    assert "KDUFLOW_LOG_LEVEL='chatty': not a logging level" in capsys.readouterr().err
+    assert main(["--log-level", "loud"]) == 2
+    assert "--log-level='loud': not a logging level" in capsys.readouterr().err
 
 
 def test_entry_point_refuses_a_bad_setting():
