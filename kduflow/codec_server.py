@@ -437,13 +437,13 @@ class CodecServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, settings: CodecServerSettings, codec: PayloadCodec | None = None) -> None:
+    def __init__(self, settings: CodecServerSettings) -> None:
         self.settings = settings
         box = SecretBox.from_setting(settings.secret_key)
         if box is None:
             raise ConfigError("KDUFLOW_SECRET_KEY is not set: the codec server has no key")
         # Exactly the codec the workers install (kduflow.codec.data_converter with their key).
-        installed = codec or data_converter(box).payload_codec
+        installed = data_converter(box).payload_codec
         assert installed is not None
         self.codec: PayloadCodec = installed
         self.ssl_context = server_ssl_context(settings)
