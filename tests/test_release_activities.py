@@ -36,6 +36,7 @@ from activities.models import (
     InspectInput,
     ListReleasesInput,
     PreflightInput,
+    ReleaseInfo,
     ReleaseRef,
     RevisionInfo,
     StatusReport,
@@ -885,3 +886,34 @@ async def test_helm_activity_reports_progress_then_the_final_status(
     finally:
         cluster.set_ready_delay(0.2)
     await ActivityEnvironment().run(acts.uninstall, HelmUninstallInput(ref, timeout=60))
+
+
+async def test_status_reports_use_the_workers_poll_interval(tmp_path: Path) -> None:
+    """KDUFLOW_POLL_INTERVAL takes effect: the helm activity's status report polls at the worker's
+    setting (workflows no longer pass an interval of their own)."""
+    seen: list[float] = []
+
+    class Reporter:
+        async def run(self, interval: float, *, heartbeat: bool = False) -> None:
+            seen.append(interval)
+            await asyncio.Event().wait()
+
+        async def final(self, phase: str) -> None:
+            return None
+
+    class Status:
+        def reporter(self, ref: ReleaseRef, report: StatusReport, attempt: int) -> Reporter:
+            return Reporter()
+
+    for interval in (0.7, 2.5):
+        settings = Settings(state_dir=tmp_path / "s", poll_interval=interval)
+        acts = ReleaseActivities(settings, Envs({}), status=Status())  # type: ignore[arg-type]
+        db = DbDict(collection="nsrs", filter={"_id": "n"}, path="p")
+        report = StatusReport(db, "install", seq_base=1)
+
+        async def body() -> ReleaseInfo:
+            await asyncio.sleep(0.05)
+            return ReleaseInfo("r", "ns")
+
+        await ActivityEnvironment().run(acts._reported, ReleaseRef("c", "r", "ns"), report, body)
+    assert seen == [0.7, 2.5]
