@@ -902,6 +902,9 @@ async def test_status_reports_use_the_workers_poll_interval(tmp_path: Path) -> N
             return None
 
     class Status:
+        async def api_for(self, cluster_uuid: str, *, refresh: bool = False) -> None:
+            raise AssertionError("no API use here")
+
         def reporter(self, ref: ReleaseRef, report: StatusReport, attempt: int) -> Reporter:
             return Reporter()
 
