@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.models import (
     ACTIVITY_NAMES,
     LockAnswer,
+    LockReleaseInput,
     LockRequestInput,
     LockState,
     WorkflowRunRef,
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 #: The lock workflow's type name (``workflows.lock.LOCK_WORKFLOW``; not imported: activities do not
 #: import workflow modules that import activities).
 LOCK_WORKFLOW = "ReleaseLock"
+#: Its release signal (``workflows.lock.RELEASE_SIGNAL``).
+RELEASE_SIGNAL = "release"
 
 
 class LockActivities:
@@ -69,6 +72,18 @@ class LockActivities:
         who = inp.request.requester
         log.debug("lock %s: %s for %s (%s)", inp.lock_id, outcome, who.workflow_id, who.operation)
         return answer
+
+    @activity.defn(name=ACTIVITY_NAMES["lock_release"])
+    async def release(self, inp: LockReleaseInput) -> None:
+        """Send the release signal and return once the server accepted it. A lock workflow that is
+        gone holds nothing: that is a success too."""
+        handle = activity.client().get_workflow_handle(inp.lock_id)
+        try:
+            await handle.signal(RELEASE_SIGNAL, inp.token)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            log.debug("lock %s is gone: nothing to release", inp.lock_id)
 
     @activity.defn(name=ACTIVITY_NAMES["lock_describe"])
     async def describe(self, ref: WorkflowRunRef) -> WorkflowRunStatus:

@@ -570,8 +570,18 @@ class LockRequestInput:
     lock_id: str
     ref: ReleaseRef
     request: LockRequest
-    #: Task queue the lock workflow runs on (the requester's own).
+    #: The requester's task queue (where lock workflows ran before KDUFLOW_LOCK_TASK_QUEUE existed;
+    #: used only when the worker has no lock queue configured).
     task_queue: str
+
+
+@dataclass
+class LockReleaseInput:
+    """``lock.release``: the release signal to a release's lock workflow, from the holder."""
+
+    lock_id: str
+    #: The holder's (or waiter's) token.
+    token: str
 
 
 @dataclass
@@ -604,4 +614,5 @@ ACTIVITY_NAMES = {
     # lock activities (activities/lock.py)
     "lock_request": "lock.request",  # LockRequestInput -> LockAnswer (update-with-start)
     "lock_describe": "lock.describe",  # WorkflowRunRef -> WorkflowRunStatus
+    "lock_release": "lock.release",  # LockReleaseInput -> None (the release signal, sent and accepted)
 }

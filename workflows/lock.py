@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         ACTIVITY_NAMES,
         LockAnswer,
         LockHolder,
+        LockReleaseInput,
         LockRequest,
         LockRequestInput,
         LockState,
@@ -67,6 +68,12 @@ PATCH_LOCK = "release-lock-v1"
 #: through the server). Runs recorded before it replay the activity. (The release signal stays
 #: awaited: the server drops a signal whose sender closed before delivering it.)
 PATCH_LOCK_LOCAL = "release-lock-local-v1"
+#: ``workflow.patched`` id: the holder releases through a local activity that sends the release
+#: signal and returns once the server accepted it, so the operation's last workflow task both
+#: releases and completes (an external-signal command would need one more workflow task for its
+#: result, and the server drops a signal whose sender closed before delivering it).
+PATCH_LOCK_RELEASE_LOCAL = "release-lock-local-release-v1"
+_RELEASE_TIMEOUT = timedelta(seconds=30)
 #: How often the lock checks that its holder's run is still open.
 LEASE_CHECK = timedelta(seconds=30)
 #: How long an unheld, empty lock stays open for the next request before it closes.
@@ -297,7 +304,37 @@ async def release_lock(ref: ReleaseRef, operation: str, *, wait: bool = True) ->
     try:
         yield
     finally:
-        await _shielded_release(target, token)
+        if workflow.patched(PATCH_LOCK_RELEASE_LOCAL):
+            await _shielded_local_release(target, token)
+        else:
+            await _shielded_release(target, token)
+
+
+async def _shielded_local_release(target: str, token: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # evicted from the cache (see _shielded_release): the real run releases
+    task = asyncio.ensure_future(_local_release(target, token))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+async def _local_release(target: str, token: str) -> None:
+    try:
+        await workflow.execute_local_activity(
+            ACTIVITY_NAMES["lock_release"],
+            LockReleaseInput(target, token),
+            start_to_close_timeout=_RELEASE_TIMEOUT,
+            retry_policy=_REQUEST_RETRY,
+        )
+    except ActivityError as err:
+        # Retries ran out (the server unreachable for minutes): the lease check frees the lock once
+        # this run has closed.
+        workflow.logger.warning("lock %s: release failed: %s", target, err)
 
 
 async def _shielded_release(target: str, token: str) -> None:
