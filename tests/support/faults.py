@@ -619,6 +619,25 @@ _CLOSING = {
 }
 
 
+def _local_activity(event: Any) -> tuple[str, float, float] | None:
+    """(activity type, scheduled, completed) of a local activity's marker, else None."""
+    attrs = event.marker_recorded_event_attributes
+    if attrs.marker_name != "core_local_activity" or "data" not in attrs.details:
+        return None
+    payloads = attrs.details["data"].payloads
+    if not payloads:
+        return None
+    data = json.loads(payloads[0].data)
+
+    def seconds(stamp: Any) -> float:
+        stamp = stamp or {}
+        return float(stamp.get("seconds", 0)) + float(stamp.get("nanos", 0)) / 1e9
+
+    return str(data.get("activity_type", "")), seconds(data.get("original_schedule_time")), seconds(
+        data.get("complete_time")
+    )
+
+
 async def timeline(handle: WorkflowHandle[Any, Any] | None) -> Timeline:
     """Read the lock and helm-activity timeline from a closed workflow's history."""
     out = Timeline()
@@ -664,6 +683,16 @@ async def timeline(handle: WorkflowHandle[Any, Any] | None) -> Timeline:
                 lock_answer = ts(event)
             if name in HELM_ACTIVITIES:
                 out.helm.append((name, at, ts(event), attempt, starter, who))
+        elif et == EventType.EVENT_TYPE_MARKER_RECORDED:
+            # The lock's request and release are local activities (a marker each, no activity task).
+            marker = _local_activity(event)
+            if marker is not None:
+                kind, scheduled_at, completed_at = marker
+                if kind == ACTIVITY_NAMES["lock_request"]:
+                    lock_answer = completed_at
+                elif kind == ACTIVITY_NAMES["lock_release"]:
+                    # When the release was sent: the lock may grant the next holder right after.
+                    out.released = scheduled_at
         elif et == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             if event.workflow_execution_signaled_event_attributes.signal_name == "kduflow_lock_granted":
                 granted = ts(event)
