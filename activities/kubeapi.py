@@ -58,9 +58,12 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from temporalio import activity
+
 from activities import errors, kubeconfig_policy, url_policy
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 DEFAULT_TIMEOUT = 10.0
 #: Like client-go: a 429 or 5xx answer with Retry-After is retried after the delay it asks for

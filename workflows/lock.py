@@ -55,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         WorkflowRunRef,
         WorkflowRunStatus,
     )
+    from kduflow import metrics
 
 from workflows.decoding import decode_input
 
@@ -248,6 +249,7 @@ async def release_lock(ref: ReleaseRef, operation: str, *, wait: bool = True) ->
     me = LockHolder(info.workflow_id, info.run_id, operation, token, info.workflow_type)
     target = lock_id(ref)
     request = LockRequestInput(target, ref, LockRequest(me, fail_fast=not wait), info.task_queue)
+    requested_at = workflow.now()
     try:
         if workflow.patched(PATCH_LOCK_LOCAL):
             answer: LockAnswer = await workflow.execute_local_activity(
@@ -294,6 +296,8 @@ async def release_lock(ref: ReleaseRef, operation: str, *, wait: bool = True) ->
             await _shielded_release(target, token)
             raise
         workflow.set_current_details("")
+    # A metric, not a command: recorded only outside replay.
+    metrics.lock_wait(operation, workflow.now() - requested_at)
     try:
         yield
     finally:
