@@ -10,18 +10,27 @@ no-ops outside an activity or workflow, and the JSON log format.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import logging
+import os
 import re
+import socket
+import subprocess
+import sys
+import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.client import WorkflowFailureError
 
-from kduflow import logs, metrics
+from kduflow import logs, metrics, telemetry
+from kduflow.config import ConfigError, Settings
 from tests.support.charts import ChartRepoServer, chart_repo
 from tests.support.faults import FAIL_TIMEOUT, ROOT, DevServer, Op, Rig, free_port
 
@@ -54,7 +63,7 @@ def total(samples: list[Sample], name: str, **want: str) -> float:
 
 
 def dump(samples: list[Sample], prefix: str = "kduflow_") -> str:
-    return "\n".join(f"{n}{l} {v}" for n, l, v in samples if n.startswith(prefix))
+    return "\n".join(f"{name}{labels} {value}" for name, labels, value in samples if name.startswith(prefix))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +144,7 @@ async def test_worker_serves_sdk_and_kduflow_metrics_and_json_logs(
         assert failed_ms >= FAIL_TIMEOUT * 1000 * 0.9, shown  # helm waited out its --timeout
         buckets = select(samples, "kduflow_helm_command_duration_bucket", verb="install")
         assert {b[1]["le"] for b in buckets} >= {"100", "1000", "60000", "+Inf"}, shown
-        for name, labels, _ in select(samples, "kduflow_helm_commands"):
+        for _, labels, _ in select(samples, "kduflow_helm_commands"):
             # Low cardinality: no release, cluster or namespace of a release in the attributes.
             assert set(labels) <= {"verb", "helm_major", "outcome", "namespace", "task_queue",
                                    "activity_type", "service_name"}, labels  # fmt: skip
@@ -213,7 +222,9 @@ def test_helm_verb_is_one_of_a_fixed_set() -> None:
 
 def test_json_log_format_carries_the_sdk_ids() -> None:
     formatter = logs.JsonFormatter()
-    record = logging.LogRecord("activities.status", logging.WARNING, __file__, 1, "poll %d failed", (3,), None)
+    record = logging.LogRecord(
+        "activities.status", logging.WARNING, __file__, 1, "poll %d failed", (3,), None
+    )
     record.temporal_activity = {"activity_id": "7", "workflow_id": "install-web-1"}
     out = json.loads(formatter.format(record))
     assert out["level"] == "WARNING" and out["logger"] == "activities.status"
@@ -230,3 +241,148 @@ def test_json_log_format_carries_the_sdk_ids() -> None:
 
         failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     assert "ValueError: boom" in json.loads(formatter.format(failed))["exception"]
+
+
+# ------------------------------------------------------------------------------------------------
+# worker.py: refusals, and OpenTelemetry tracing to a real OTLP/HTTP endpoint
+# ------------------------------------------------------------------------------------------------
+
+
+def worker_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    tools = ROOT / "tools" / "helm4"
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "PYTHONUNBUFFERED": "1",
+        "KDUFLOW_STATE_DIR": str(tmp_path / "state"),
+        "KDUFLOW_HELM": str(tools / "helm"),
+        "KDUFLOW_KUBECTL": str(tools / "kubectl"),
+        "TEMPORAL_ADDRESS": "127.0.0.1:1",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "variable", "value", "message"),
+    [
+        ([], "KDUFLOW_LOG_FORMAT", "yaml", "KDUFLOW_LOG_FORMAT='yaml': must be one of text, json"),
+        (["--log-format", "xml"], "KDUFLOW_LOG_FORMAT", "json", "--log-format='xml': must be one of"),
+        ([], "KDUFLOW_METRICS_BIND", "localhost:1", "KDUFLOW_METRICS_BIND='localhost:1': must be an IP"),
+        ([], "KDUFLOW_OTEL", "perhaps", "KDUFLOW_OTEL='perhaps': must be true or false"),
+    ],
+)
+def test_worker_refuses_bad_telemetry_settings(
+    tmp_path: Path, argv: list[str], variable: str, value: str, message: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "worker.py", *argv], cwd=ROOT, env=worker_env(tmp_path, **{variable: value}),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+def test_worker_refuses_a_metrics_address_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        bind = f"127.0.0.1:{busy.getsockname()[1]}"
+        proc = subprocess.run(
+            [sys.executable, "worker.py"], cwd=ROOT, env=worker_env(tmp_path, KDUFLOW_METRICS_BIND=bind),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"KDUFLOW_METRICS_BIND='{bind}': cannot serve metrics" in proc.stderr, proc.stderr
+    assert "Address already in use" in proc.stderr
+
+
+def test_otel_refused_clearly_when_opentelemetry_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if the otel extra were not installed
+    with pytest.raises(ConfigError, match=r"^KDUFLOW_OTEL=true: OpenTelemetry is not installed .*\[otel\]"):
+        telemetry.tracing_interceptors(Settings(otel=True))
+    assert telemetry.tracing_interceptors(Settings(otel=False)) == []
+
+
+class _OtlpSink(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver: keeps the body of every POST to /v1/traces."""
+
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/v1/traces":
+            type(self).bodies.append(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.e2e
+async def test_otel_worker_sends_workflow_and_activity_spans_over_otlp(tmp_path: Path, local_env) -> None:
+    """KDUFLOW_OTEL=true: the worker traces with the SDK's TracingInterceptor and its OTLP/HTTP
+    exporter (OTEL_EXPORTER_OTLP_ENDPOINT) delivers the spans to a real receiver."""
+    _OtlpSink.bodies = []
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    queue = f"otel-{uuid.uuid4().hex[:8]}"
+    env = worker_env(
+        tmp_path,
+        TEMPORAL_ADDRESS=local_env.client.service_client.config.target_host,
+        KDUFLOW_TASK_QUEUE=queue,
+        KDUFLOW_OTEL="true",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink.server_address[1]}",
+        OTEL_SERVICE_NAME="kduflow-otel-test",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("kduflow worker on" in line for line in lines):
+            lines.append(proc.stdout.readline())
+        assert any("otel=on" in line for line in lines), "".join(lines)
+        # The caller traces too (its spans in memory): the worker's spans join the caller's trace.
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from temporalio.client import Client
+        from temporalio.contrib.opentelemetry import TracingInterceptor
+
+        caller_spans = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(caller_spans))
+        config = local_env.client.config()
+        config["interceptors"] = [TracingInterceptor(provider.get_tracer("kduflow-test-caller"))]
+        caller = Client(**config)
+        with pytest.raises(WorkflowFailureError):  # no such cluster: the activity runs and fails
+            await caller.execute_workflow(
+                "KduInstances", {"cluster_uuid": "no-such-cluster"}, id=f"otel-{uuid.uuid4()}",
+                task_queue=queue, execution_timeout=timedelta(seconds=60),
+            )  # fmt: skip
+        spans = caller_spans.get_finished_spans()
+        started = [span for span in spans if span.name == "StartWorkflow:KduInstances"]
+        assert len(started) == 1
+        trace_id = started[0].context.trace_id.to_bytes(16, "big")
+        wanted = (
+            b"RunWorkflow:KduInstances", b"StartActivity:kdu.list_releases", b"RunActivity:kdu.list_releases",
+            b"kduflow-otel-test", b"ClusterNotFound", trace_id,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(w in b"".join(_OtlpSink.bodies) for w in wanted):
+            await asyncio.sleep(0.2)
+        sent = b"".join(_OtlpSink.bodies)
+        missing = [w for w in wanted if w not in sent]
+        words = " ".join(x.decode() for x in re.findall(rb"[A-Za-z:._-]{8,}", sent))
+        assert not missing, f"{missing}: {words}"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+        sink.shutdown()
