@@ -17,16 +17,19 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
+from kduflow import logs, telemetry
 from kduflow.config import ConfigError, Settings, add_arguments, temporal_connect_config
 from kduflow.plugin import KduflowPlugin
 
 log = logging.getLogger("kduflow.worker")
-
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,14 +40,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("KDUFLOW_LOG_LEVEL", "INFO"),
         help="logging level (env KDUFLOW_LOG_LEVEL, default %(default)s)",
     )
+    parser.add_argument(
+        "--log-format",
+        default=None,
+        help="log format: text, or json for one JSON object per line with the activity's or "
+        "workflow's ids when present (env KDUFLOW_LOG_FORMAT, default text)",
+    )
     return parser.parse_args(argv)
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+def log_format(args: argparse.Namespace) -> str:
+    """``--log-format``, else ``KDUFLOW_LOG_FORMAT``, else "text".
+
+    Raises:
+        ConfigError: naming the flag or the variable.
+    """
+    label, value = ("--log-format", args.log_format) if args.log_format is not None else (
+        "KDUFLOW_LOG_FORMAT", os.environ.get("KDUFLOW_LOG_FORMAT", "text"))  # fmt: skip
+    fmt = value.strip().lower() or "text"
+    if fmt not in logs.LOG_FORMATS:
+        raise ConfigError(f"{label}={value!r}: must be one of {', '.join(logs.LOG_FORMATS)}")
+    return fmt
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, runtime: Runtime | None = None, interceptors: Sequence[Any] = ()
+) -> None:
     connect = temporal_connect_config(os.environ)
     plugin = KduflowPlugin(settings=settings)
-    # On the client, so its payload codec (when a key is set) applies; the worker inherits the plugin.
-    client = await Client.connect(**connect, plugins=[plugin])
+    # On the client, so its payload codec (when a key is set) applies; the worker inherits the plugin
+    # and the client's interceptors (tracing). The runtime, when given, serves the metrics.
+    client = await Client.connect(
+        **connect, plugins=[plugin], interceptors=list(interceptors), runtime=runtime
+    )
     # After the graceful period, running activities are cancelled as a worker shutdown: helm is left
     # running (a redeploy is not a cancellation) and the next attempt adopts its outcome.
     grace = timedelta(seconds=settings.graceful_shutdown)
@@ -67,21 +95,24 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
+        fmt = log_format(args)
+        logs.configure(args.log_level, fmt)
         settings = Settings.from_args(args, os.environ)
+        interceptors = telemetry.tracing_interceptors(settings)
+        runtime = telemetry.runtime(settings)
     except ConfigError as err:
         print(f"kduflow-worker: {err}", file=sys.stderr)
         return 2
+    if runtime is not None:
+        log.info("serving metrics at http://%s/metrics", settings.metrics_bind)
 
     async def amain() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, stop)
+        await run_worker(settings, stop, runtime, interceptors)
 
     asyncio.run(amain())
     return 0

@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import errors, kubeconfig_policy
@@ -71,7 +72,8 @@ from activities.url_policy import GetAddrInfo
 from kduflow.config import Settings
 from workflows import validation
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 CLUSTERS_COLLECTION = "k8sclusters"
 CREDENTIALS_FIELD = "credentials"

@@ -64,7 +64,8 @@ from workflows.cluster_models import (
     schedule_id_for,
 )
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 #: Default seconds between two SyncRepos runs of a cluster's schedule.
 DEFAULT_SYNC_INTERVAL_S = 600

@@ -60,9 +60,12 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from temporalio import activity
+
 from activities import errors, kubeconfig_policy, url_policy
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 DEFAULT_TIMEOUT = 10.0
 #: Requests one client (one cluster) sends at once, each on its own kept-alive connection: status

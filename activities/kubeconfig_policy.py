@@ -58,10 +58,12 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import yaml
+from temporalio import activity
 
 from activities import errors, url_policy
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 #: Largest kubeconfig text accepted (bytes of UTF-8).
 MAX_TEXT_BYTES = 512 * 1024

@@ -28,7 +28,8 @@ from activities.models import (
     WorkflowRunStatus,
 )
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 #: The lock workflow's type name (``workflows.lock.LOCK_WORKFLOW``; not imported: activities do not
 #: import workflow modules that import activities).

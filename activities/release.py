@@ -83,6 +83,7 @@ from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelea
 from activities.runner import ProcessResult, Runner
 from activities.status import StatusActivities
 from activities.url_policy import UrlDecision, UrlPolicy
+from kduflow import metrics
 from workflows import validation
 
 logger = logging.getLogger(__name__)
@@ -300,14 +301,31 @@ class ReleaseActivities:
             if left - ACTIVITY_RESERVE < 1:
                 raise ProcessTimeout("no time left in this attempt to run helm", details={"timeout": 0})
             timeout = min(timeout, left - ACTIVITY_RESERVE)
-        return await self._runner.run(
-            argv,
-            env=env,
-            stdin=stdin,
-            timeout=timeout,
-            secrets=secrets,
-            heartbeat_every=self._heartbeat_every,
-        )
+        started, outcome = time.monotonic(), "failed"
+        try:
+            res = await self._runner.run(
+                argv,
+                env=env,
+                stdin=stdin,
+                timeout=timeout,
+                secrets=secrets,
+                heartbeat_every=self._heartbeat_every,
+            )
+            outcome = "ok" if res.ok else "failed"
+            return res
+        except ProcessTimeout:
+            outcome = "timeout"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if argv and argv[0] == self._settings.helm:
+                probed = self._versions.get(self._settings.helm)
+                metrics.helm_command(
+                    metrics.helm_verb(argv), probed.major if probed else None, outcome,
+                    time.monotonic() - started,
+                )  # fmt: skip
 
     def _helm_timeout(self, requested: int) -> int:
         """helm's ``--timeout`` for a mutating call: the request, shortened to what this attempt has
@@ -851,6 +869,7 @@ class ReleaseActivities:
                 "uninstalling %s, stuck %s at revision %s", ref.kdu_instance, latest.status, latest.revision
             )
             await self._uninstall(env, version, ref, self._helm_timeout(timeout), wait=True)
+            metrics.stuck_recovered("uninstalled")
             return
         target = _last_deployed(history[:-1])
         if target is None:
@@ -864,6 +883,7 @@ class ReleaseActivities:
         res = await self._rollback(env, version, ref, target, self._helm_timeout(timeout), wait=True)
         if not res.ok:
             raise await self._failure(env, version, ref, res, history, "rollback")
+        metrics.stuck_recovered("rolled_back")
         await self._fail_stale_pending(env, version, ref, await self._history(env, version, ref))
 
     async def _current_chart(
@@ -945,6 +965,7 @@ class ReleaseActivities:
                 "release %s: revision %s was %s with no helm running; marked failed",
                 ref.kdu_instance, revision.revision, revision.status,
             )  # fmt: skip
+            metrics.stuck_recovered("marked_failed")
         return await self._history(env, version, ref)
 
     @activity.defn(name=ACTIVITY_NAMES["rollback"])

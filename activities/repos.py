@@ -77,7 +77,8 @@ from workflows.cluster_models import (
     RepoUpdateResult,
 )
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 REPOS_COLLECTION = "k8srepos"
 #: Seconds a downloaded repository index is trusted before a chart lookup refreshes it.

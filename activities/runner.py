@@ -30,7 +30,8 @@ from temporalio import activity
 
 from activities.errors import ProcessTimeout, UnsupportedHelm
 
-logger = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+logger = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 #: Flags whose next argv element (or ``=value``) is a secret or a free-form value.
 SECRET_FLAGS = frozenset(

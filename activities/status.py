@@ -102,10 +102,12 @@ from activities.readiness import (
 )
 from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
 from activities.store import Store
+from kduflow import metrics
 from kduflow.config import Settings
 from workflows import validation
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 #: Phase words written to ``<path>.kduflow.phase``.
 PHASES = (
@@ -663,11 +665,14 @@ class StatusActivities:
             filter["$or"] = [{seq_key: {"$lt": seq}}, {seq_key: {"$exists": False}}]
         matched = await self.store.update_one(db.collection, filter, {"$set": fields})
         if matched:
+            metrics.status_write("written")
             return WriteOutcome.WRITTEN
         if seq is not None and await self.store.find_one(db.collection, dict(db.filter), {"_id": 1}):
             self.stale_writes += 1
             log.debug("status write with seq %d refused: %s holds one at least as new", seq, db.collection)
+            metrics.status_write("stale")
             return WriteOutcome.STALE
+        metrics.status_write("no_document")
         # Filter values can be anything a caller chose: log the field names only.
         log.warning(
             "status write: no document in %s matches the filter on %s",

@@ -64,10 +64,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from temporalio import activity
+
 from activities.errors import UrlNotAllowed
 from activities.repo_cli import redact_url, url_has_userinfo
 
-log = logging.getLogger(__name__)
+#: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
+log = activity.LoggerAdapter(logging.getLogger(__name__), None)
 
 REPOS_COLLECTION = "k8srepos"
 #: Default port of every scheme a URL from workflow input may have.

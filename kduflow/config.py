@@ -80,6 +80,10 @@ class Settings:
     #: Seconds running activities get to finish when the worker stops; then they are cancelled as a
     #: worker shutdown, which leaves helm running for the next attempt to adopt.
     graceful_shutdown: float = 30.0
+    #: ``address:port`` of the Prometheus endpoint (``/metrics``) of the SDK runtime; "" serves none.
+    metrics_bind: str = ""
+    #: Trace workflows and activities with OpenTelemetry (the ``otel`` extra must be installed).
+    otel: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -163,6 +167,8 @@ class Settings:
             f"private_networks={','.join(self.private_networks) or '-'}",
             f"pending_stuck_after={self.pending_stuck_after}s",
             f"graceful_shutdown={self.graceful_shutdown:g}s",
+            f"metrics={'http://' + self.metrics_bind + '/metrics' if self.metrics_bind else 'off'}",
+            f"otel={'on' if self.otel else 'off'}",
         ]
         return " ".join(parts)
 
@@ -235,6 +241,13 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("private_networks", "KDUFLOW_ALLOW_PRIVATE_NETWORKS", "--allow-private-networks",
           "comma-separated CIDRs (e.g. 10.20.0.0/16) that allowlisted URLs may resolve into although "
           "they are loopback, link-local, private or unspecified (default: none)"),
+    _Spec("metrics_bind", "KDUFLOW_METRICS_BIND", "--metrics-bind",
+          "IP address and port on which the worker serves Prometheus metrics at /metrics, e.g. 0.0.0.0:9464 "
+          "(default: none served)"),
+    _Spec("otel", "KDUFLOW_OTEL", "--otel",
+          "true to trace workflows and activities with OpenTelemetry (needs the kduflow[otel] extra; "
+          "spans go to the OTLP exporter configured by the standard OTEL_EXPORTER_OTLP_* variables) "
+          "(default false)"),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
 SECRET_KEY_FILE_ENV = "KDUFLOW_SECRET_KEY_FILE"
@@ -547,6 +560,29 @@ def _validate_graceful_shutdown(raw: Any, label: str, environ: Mapping[str, str]
     return value
 
 
+def _validate_bind(raw: Any, label: str, environ: Mapping[str, str]) -> str:
+    """``address:port`` (``[v6]:port`` for IPv6), an IP address as the SDK's exporter binds only those."""
+    import ipaddress
+
+    value = str(raw).strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        address = None
+    if not sep or address is None or bracketed != (address.version == 6):
+        raise ConfigError(
+            f"{label}={value!r}: must be an IP address and a port, e.g. 0.0.0.0:9464, 127.0.0.1:9464 "
+            "or [::]:9464"
+        )
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{label}={value!r}: the port must be a number between 1 and 65535")
+    return value
+
+
 _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "helm": _validate_executable,
     "kubectl": _validate_executable,
@@ -566,4 +602,6 @@ _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "private_networks": _validate_networks,
     "pending_stuck_after": _validate_stuck_after,
     "graceful_shutdown": _validate_graceful_shutdown,
+    "metrics_bind": _validate_bind,
+    "otel": _validate_bool,
 }

@@ -37,6 +37,8 @@ def test_defaults(env: dict[str, str], tmp_path: Path) -> None:
     assert (settings.charts_dir, settings.mongo_uri, settings.mongo_db) == (None, "", "osm")
     assert (settings.task_queue, settings.secret_key, settings.poll_interval) == ("kduflow", "", 5.0)
     assert settings.stable_repo_url == ""
+    assert (settings.metrics_bind, settings.otel) == ("", False)
+    assert "metrics=off" in settings.describe() and "otel=off" in settings.describe()
 
 
 def test_default_state_dir_without_xdg(env: dict[str, str], tmp_path: Path) -> None:
@@ -65,6 +67,8 @@ def test_every_variable(env: dict[str, str], tmp_path: Path) -> None:
         KDUFLOW_ALLOW_PRIVATE_NETWORKS="10.20.0.0/16,fd00::/8",
         KDUFLOW_PENDING_STUCK_AFTER="600",
         KDUFLOW_GRACEFUL_SHUTDOWN="300",
+        KDUFLOW_METRICS_BIND="0.0.0.0:9464",
+        KDUFLOW_OTEL="true",
     )
     settings = Settings.from_env(env)
     assert settings.helm == str(ROOT / "tools" / "helm4" / "helm")
@@ -86,6 +90,9 @@ def test_every_variable(env: dict[str, str], tmp_path: Path) -> None:
     assert settings.private_networks == ("10.20.0.0/16", "fd00::/8")
     assert settings.pending_stuck_after == 600
     assert settings.graceful_shutdown == 300.0
+    assert settings.metrics_bind == "0.0.0.0:9464"
+    assert settings.otel is True
+    assert "metrics=http://0.0.0.0:9464/metrics" in settings.describe() and "otel=on" in settings.describe()
 
 
 def test_overrides_win_over_environment(env: dict[str, str], tmp_path: Path) -> None:
@@ -135,6 +142,12 @@ def test_overrides_win_over_environment(env: dict[str, str], tmp_path: Path) -> 
         ("KDUFLOW_PENDING_STUCK_AFTER", "1e9", "KDUFLOW_PENDING_STUCK_AFTER='1e9'"),
         ("KDUFLOW_GRACEFUL_SHUTDOWN", "soon", "KDUFLOW_GRACEFUL_SHUTDOWN='soon': not a number"),
         ("KDUFLOW_GRACEFUL_SHUTDOWN", "-1", "KDUFLOW_GRACEFUL_SHUTDOWN='-1': must be between 0 and 86400"),
+        ("KDUFLOW_METRICS_BIND", "localhost:9464", "KDUFLOW_METRICS_BIND='localhost:9464': must be an IP"),
+        ("KDUFLOW_METRICS_BIND", "9464", "KDUFLOW_METRICS_BIND='9464': must be an IP address and a port"),
+        ("KDUFLOW_METRICS_BIND", "::1:9464", "KDUFLOW_METRICS_BIND='::1:9464': must be an IP"),
+        ("KDUFLOW_METRICS_BIND", "127.0.0.1:0", "KDUFLOW_METRICS_BIND='127.0.0.1:0': the port must be"),
+        ("KDUFLOW_METRICS_BIND", "127.0.0.1:70000", "KDUFLOW_METRICS_BIND='127.0.0.1:70000': the port"),
+        ("KDUFLOW_OTEL", "sometimes", "KDUFLOW_OTEL='sometimes': must be true or false"),
     ],
 )
 def test_invalid_values_name_variable_and_value(
@@ -215,6 +228,16 @@ def test_flags_mirror_variables_and_win(env: dict[str, str], tmp_path: Path) -> 
     # Not given as a flag: the variable applies.
     assert settings.mongo_db == "envdb"
     assert Settings.from_args(parse([]), env).task_queue == "env-q"
+
+
+def test_metrics_bind_accepts_ipv4_and_bracketed_ipv6(env: dict[str, str]) -> None:
+    assert Settings.from_env({**env, "KDUFLOW_METRICS_BIND": "[::]:9464"}).metrics_bind == "[::]:9464"
+    assert Settings.from_env({**env, "KDUFLOW_METRICS_BIND": " "}).metrics_bind == ""
+    args = parse(["--metrics-bind", "127.0.0.1:9100", "--otel", "true"])
+    settings = Settings.from_args(args, {**env, "KDUFLOW_METRICS_BIND": "0.0.0.0:1"})
+    assert (settings.metrics_bind, settings.otel) == ("127.0.0.1:9100", True)
+    with pytest.raises(ConfigError, match="^--metrics-bind='host:9100': must be an IP"):
+        Settings.from_args(parse(["--metrics-bind", "host:9100"]), env)
 
 
 def test_flag_errors_name_the_flag(env: dict[str, str]) -> None:

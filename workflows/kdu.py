@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         UpgradeKduInput,
         ValuesResult,
     )
+    from kduflow import metrics
 
 from workflows import common, naming, scale, validation
 from workflows.decoding import decode_input
@@ -407,6 +408,7 @@ async def _remediate(
                 _final_status(plan.ref, plan.db_dict, plan.operation, PHASE_CANCELLED, emsg)
             )
             raise
+        metrics.rollback("failed", "failed")
         _, rb_msg, _ = common.describe_failure(rb_err)
         msg = (
             f"{what} failed at revision {failed_rev} ({emsg}) and the rollback to revision "
@@ -419,6 +421,7 @@ async def _remediate(
             type="RollbackFailed",
             non_retryable=True,
         ) from rb_err
+    metrics.rollback("failed", "ok")
     msg = (
         f"{what} failed at revision {failed_rev}: {emsg}; rolled back to revision {restore.revision} "
         f"(recorded as revision {restored.revision})"
@@ -444,9 +447,14 @@ async def _compensate_cancel(plan: _UpgradePlan, current: int, restore: Revision
             # cancelled before writing one, there is nothing to undo.
             entries = await _history(plan.ref)
             if entries and entries[-1].revision > current:
-                restored = await _rollback_to(
-                    plan, restore.revision, f"{plan.operation}-cancel-rollback", helm_exited=True
-                )
+                try:
+                    restored = await _rollback_to(
+                        plan, restore.revision, f"{plan.operation}-cancel-rollback", helm_exited=True
+                    )
+                except (ActivityError, ApplicationError):
+                    metrics.rollback("cancelled", "failed")
+                    raise
+                metrics.rollback("cancelled", "ok")
                 note += (
                     f"; rolled back to revision {restore.revision} (recorded as revision {restored.revision})"
                 )

@@ -56,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         WorkflowRunRef,
         WorkflowRunStatus,
     )
+    from kduflow import metrics
 
 from workflows.decoding import decode_input
 
@@ -255,6 +256,7 @@ async def release_lock(ref: ReleaseRef, operation: str, *, wait: bool = True) ->
     me = LockHolder(info.workflow_id, info.run_id, operation, token, info.workflow_type)
     target = lock_id(ref)
     request = LockRequestInput(target, ref, LockRequest(me, fail_fast=not wait), info.task_queue)
+    requested_at = workflow.now()
     try:
         if workflow.patched(PATCH_LOCK_LOCAL):
             answer: LockAnswer = await workflow.execute_local_activity(
@@ -301,6 +303,8 @@ async def release_lock(ref: ReleaseRef, operation: str, *, wait: bool = True) ->
             await _shielded_release(target, token)
             raise
         workflow.set_current_details("")
+    # A metric, not a command: recorded only outside replay.
+    metrics.lock_wait(operation, workflow.now() - requested_at)
     try:
         yield
     finally:
