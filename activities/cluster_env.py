@@ -65,11 +65,11 @@ import yaml
 from temporalio.exceptions import ApplicationError
 
 from activities import errors, kubeconfig_policy
-from activities.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 from activities.store import Store
 from activities.url_policy import GetAddrInfo
+from contract import validation
 from kduflow.config import Settings
-from workflows import validation
+from kduflow.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,7 @@ from activities.errors import (
 )
 from activities.runner import Runner
 from activities.store import Store
-from kduflow.config import Settings
-from workflows.cluster_models import (
+from contract.cluster import (
     CLUSTER_ACTIVITY_NAMES,
     HELM_V3_ADMIN_KEY,
     ClusterRef,
@@ -63,6 +62,7 @@ from workflows.cluster_models import (
     VerifyClusterResult,
     schedule_id_for,
 )
+from kduflow.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,12 @@ from activities.errors import (
 )
 from activities.helm_cli import ChartRef, HelmVersion
 from activities.kubeapi import KubeApi, KubeApiBase
-from activities.models import (
+from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
+from activities.runner import ProcessResult, Runner
+from activities.status import StatusActivities
+from activities.url_policy import UrlDecision, UrlPolicy
+from contract import validation
+from contract.models import (
     ACTIVITY_NAMES,
     GetValuesInput,
     HelmInstallInput,
@@ -79,11 +84,6 @@ from activities.models import (
     UninstallOutcome,
     ValuesResult,
 )
-from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
-from activities.runner import ProcessResult, Runner
-from activities.status import StatusActivities
-from activities.url_policy import UrlDecision, UrlPolicy
-from workflows import validation
 
 logger = logging.getLogger(__name__)
 

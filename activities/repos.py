@@ -57,10 +57,8 @@ from activities.errors import (
     to_application_error,
 )
 from activities.runner import Runner
-from activities.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 from activities.store import Store
-from kduflow.config import Settings
-from workflows.cluster_models import (
+from contract.cluster import (
     CLUSTER_ACTIVITY_NAMES,
     STABLE_REPO_KEY,
     STABLE_REPO_NAME,
@@ -76,6 +74,8 @@ from workflows.cluster_models import (
     RepoUpdateInput,
     RepoUpdateResult,
 )
+from kduflow.config import Settings
+from kduflow.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 
 log = logging.getLogger(__name__)
 

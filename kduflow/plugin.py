@@ -27,12 +27,12 @@ from activities.clusters import ClusterActivities
 from activities.lock import LockActivities
 from activities.release import ReleaseActivities
 from activities.repos import RepoActivities
-from activities.secretbox import SecretBox
 from activities.status import StatusActivities
 from activities.store import Store
 from activities.url_policy import UrlPolicy
 from kduflow.codec import InputPayloadConverter, data_converter, encrypts
 from kduflow.config import Settings
+from kduflow.secretbox import SecretBox
 from workflows import KDU_WORKFLOWS
 from workflows.cluster import CLUSTER_WORKFLOWS
 from workflows.lock import ReleaseLock

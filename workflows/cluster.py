@@ -27,15 +27,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import (
-        ACTIVITY_NAMES,
-        KduResult,
-        ListReleasesInput,
-        ListReleasesResult,
-        ReleaseRef,
-        UninstallKduInput,
-    )
-    from workflows.cluster_models import (
+    from contract.cluster import (
         CLUSTER_ACTIVITY_NAMES,
         AddStableResult,
         ClusterRef,
@@ -62,7 +54,15 @@ with workflow.unsafe.imports_passed_through():
         VerifyClusterResult,
         uninstall_child_id,
     )
-    from workflows.validation import (
+    from contract.models import (
+        ACTIVITY_NAMES,
+        KduResult,
+        ListReleasesInput,
+        ListReleasesResult,
+        ReleaseRef,
+        UninstallKduInput,
+    )
+    from contract.validation import (
         validate_bool,
         validate_cluster_uuid,
         validate_namespace,

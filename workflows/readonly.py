@@ -18,7 +18,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import (
+    from contract.models import (
         ACTIVITY_NAMES,
         GetValuesInput,
         HistoryResult,
@@ -40,7 +40,8 @@ with workflow.unsafe.imports_passed_through():
         ValuesResult,
     )
 
-from workflows import common, validation
+from contract import validation
+from workflows import common
 from workflows.decoding import decode_input
 
 T = TypeVar("T", bound=KduResult)
