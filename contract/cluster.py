@@ -376,6 +376,8 @@ CLUSTER_ACTIVITY_NAMES = {
     "repo_desired": "repo.desired",  # ClusterRef -> DesiredReposResult
     "repo_record_sync": "repo.record_sync",  # RecordSyncInput -> None
     "repo_add_stable": "repo.add_stable",  # ClusterRef -> AddStableResult
+    "repo_register": "repo.register",  # RegisterRepoInput -> RegisterRepoResult
+    "repo_unregister": "repo.unregister",  # UnregisterRepoInput -> UnregisterRepoResult
 }
 
 

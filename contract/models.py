@@ -690,6 +690,7 @@ ACTIVITY_NAMES = {
     "get_values": "kdu.get_values",  # GetValuesInput -> ValuesResult
     "inspect": "kdu.inspect",  # InspectInput -> InspectKduResult
     "services": "kdu.services",  # ReleaseRef -> KduServicesResult
+    "service": "kdu.service",  # GetServiceInput -> ServiceResult
     # status activities (activities/status.py)
     "status": "kdu.status",  # StatusInput -> KduStatusResult
     "poll_status": "kdu.poll_status",  # PollStatusInput -> None (runs until cancelled)

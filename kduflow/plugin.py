@@ -77,6 +77,7 @@ class KduflowPlugin(SimplePlugin):
         self.envs = ClusterEnvs(self.settings, self.store, secretbox, on_materialise=self.repos.materialise)
         self.repos.envs = self.envs
         self.url_policy = UrlPolicy(self.settings, self.store)
+        self.repos.url_policy = self.url_policy
         self.status = StatusActivities(self.settings, self.envs, self.store)
         # Release history and labels are read through the status activities' cached API clients,
         # and the helm activities report status with their observer.
