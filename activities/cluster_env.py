@@ -66,11 +66,11 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import errors, kubeconfig_policy
-from activities.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 from activities.store import Store
 from activities.url_policy import GetAddrInfo
+from contract import validation
 from kduflow.config import Settings
-from workflows import validation
+from kduflow.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 
 #: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
 log = activity.LoggerAdapter(logging.getLogger(__name__), None)

@@ -45,8 +45,7 @@ from activities.errors import (
 )
 from activities.runner import Runner
 from activities.store import Store
-from kduflow.config import Settings
-from workflows.cluster_models import (
+from contract.cluster import (
     CLUSTER_ACTIVITY_NAMES,
     HELM_V3_ADMIN_KEY,
     ClusterRef,
@@ -63,6 +62,7 @@ from workflows.cluster_models import (
     VerifyClusterResult,
     schedule_id_for,
 )
+from kduflow.config import Settings
 
 #: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
 log = activity.LoggerAdapter(logging.getLogger(__name__), None)

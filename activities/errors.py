@@ -47,6 +47,10 @@ from typing import Any
 
 from temporalio.exceptions import ApplicationError
 
+# The type names are the contract's (contract/errors.py); the classes below carry them as class names.
+from contract.errors import NON_RETRYABLE_TYPES as NON_RETRYABLE_TYPES
+from contract.errors import RETRYABLE_TYPES as RETRYABLE_TYPES
+
 #: Longest message kept from helm's stderr.
 MAX_MESSAGE_CHARS = 600
 #: How many relevant stderr lines a message keeps (helm's error is the last one or two).
@@ -176,13 +180,6 @@ class HelmError(RetryableError):
     pass
 
 
-#: Every non-retryable type name, for ``RetryPolicy(non_retryable_error_types=...)``.
-NON_RETRYABLE_TYPES: tuple[str, ...] = (
-    "InvalidInput", "ChartNotFound", "RenderFailed", "ReleaseNotFound", "InvalidResource",
-    "ReleaseNameInUse", "ReleaseFailed", "UpgradeFailed", "UpgradeRolledBack", "RollbackFailed",
-    "ReplicaKeyNotFound", "ReplicaKeyAmbiguous", "ClusterNotFound", "CredentialsInvalid",
-    "RepoNotFound", "UnsupportedHelm", "UrlNotAllowed", "ClusterExists",
-)  # fmt: skip
 
 # Ordered rules: the FIRST match wins, so specific phrases sit above generic ones. Patterns are
 # matched case-insensitively against the relevant stderr lines (warnings removed).

@@ -31,8 +31,8 @@ from typing import Any
 import yaml
 
 from activities.errors import InvalidInput, UnsupportedHelm
-from activities.models import ReleaseInfo, ReleaseStatus, ReleaseSummary, RevisionInfo
-from workflows import validation
+from contract import validation
+from contract.models import ReleaseInfo, ReleaseStatus, ReleaseSummary, RevisionInfo
 
 #: Oldest supported releases: 3.14 has --labels and --reset-then-reuse-values; helm 4.0.0-4.1.1
 #: reject --atomic and 4.1.x has a rollback regression (helm #31900, #32244).

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from activities.helm_cli import check_namespace, load_json
-from activities.models import ServiceInfo, ServicePort
+from contract.models import ServiceInfo, ServicePort
 
 
 def build_get_services_argv(kubectl: str, *, namespace: str) -> list[str]:

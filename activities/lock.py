@@ -18,7 +18,7 @@ from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedEr
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.models import (
+from contract.models import (
     ACTIVITY_NAMES,
     LockAnswer,
     LockReleaseInput,

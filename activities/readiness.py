@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from activities.models import ResourceState
+from contract.models import ResourceState
 
 CURRENT = "Current"
 IN_PROGRESS = "InProgress"

@@ -56,8 +56,14 @@ from activities.errors import (
 )
 from activities.helm_cli import ChartRef, HelmVersion
 from activities.kubeapi import KubeApi, KubeApiBase
-from activities.models import (
+from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
+from activities.runner import ProcessResult, Runner
+from activities.status import StatusActivities
+from activities.url_policy import UrlDecision, UrlPolicy
+from contract import validation
+from contract.models import (
     ACTIVITY_NAMES,
+    GetServiceInput,
     GetValuesInput,
     HelmInstallInput,
     HelmRollbackInput,
@@ -75,16 +81,12 @@ from activities.models import (
     ReleaseStatus,
     ReleaseSummary,
     RevisionInfo,
+    ServiceResult,
     StatusReport,
     UninstallOutcome,
     ValuesResult,
 )
-from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
-from activities.runner import ProcessResult, Runner
-from activities.status import StatusActivities
-from activities.url_policy import UrlDecision, UrlPolicy
 from kduflow import metrics
-from workflows import validation
 
 logger = logging.getLogger(__name__)
 
@@ -693,6 +695,18 @@ class ReleaseActivities:
             kres = await self._run_ok(kargv, env, f"kubectl get services -n {namespace}")
             found += kubectl_cli.parse_services(kres.stdout, names=names, namespace=namespace)
         return KduServicesResult(kdu_instance=ref.kdu_instance, namespace=_ns(ref), services=found)
+
+    @activity.defn(name=ACTIVITY_NAMES["service"])
+    @_boundary
+    async def service(self, inp: GetServiceInput) -> ServiceResult:
+        """One Service by name as the cluster reports it now (N2VC ``get_service``); ``service`` is
+        None when the namespace has no Service of that name."""
+        validation.validate_get_service(inp)
+        env = await self._env(inp.cluster_uuid)
+        argv = kubectl_cli.build_get_services_argv(self._settings.kubectl, namespace=inp.namespace)
+        res = await self._run_ok(argv, env, f"kubectl get services -n {inp.namespace}")
+        found = kubectl_cli.parse_services(res.stdout, names={inp.service_name}, namespace=inp.namespace)
+        return ServiceResult(service=found[0] if found else None)
 
     # -- mutating activities -----------------------------------------------------------------------
 

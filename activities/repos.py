@@ -57,10 +57,9 @@ from activities.errors import (
     to_application_error,
 )
 from activities.runner import Runner
-from activities.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 from activities.store import Store
-from kduflow.config import Settings
-from workflows.cluster_models import (
+from activities.url_policy import UrlPolicy
+from contract.cluster import (
     CLUSTER_ACTIVITY_NAMES,
     STABLE_REPO_KEY,
     STABLE_REPO_NAME,
@@ -68,6 +67,8 @@ from workflows.cluster_models import (
     ClusterRef,
     DesiredReposResult,
     RecordSyncInput,
+    RegisterRepoInput,
+    RegisterRepoResult,
     RepoAddResult,
     RepoInfo,
     RepoListResult,
@@ -75,7 +76,11 @@ from workflows.cluster_models import (
     RepoRemoveResult,
     RepoUpdateInput,
     RepoUpdateResult,
+    UnregisterRepoInput,
+    UnregisterRepoResult,
 )
+from kduflow.config import Settings
+from kduflow.secretbox import SecretBox, SecretBoxError, aad_for, is_envelope
 
 #: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
 log = activity.LoggerAdapter(logging.getLogger(__name__), None)
@@ -608,6 +613,9 @@ class RepoActivities:
         if secretbox is None and settings.secret_key:
             secretbox = SecretBox.from_setting(settings.secret_key)
         self.charts = ChartRepos(settings, store, runner, secretbox, index_ttl=index_ttl)
+        #: The URL policy a repository registered by ``repo.register`` must pass (the plugin shares
+        #: its own; one is built from the settings otherwise).
+        self.url_policy: UrlPolicy | None = None
 
     @property
     def runner(self) -> Runner:
@@ -908,3 +916,93 @@ class RepoActivities:
         repo = Repo(id=STABLE_REPO_KEY, name=STABLE_REPO_NAME, url=url)
         await self._add(env, repos, repo)
         return AddStableResult(added=True, url=url)
+
+    # -- RepoAdd / RepoRemove: the registry (k8srepos + the cluster's desired list) ---------------
+
+    async def _set_desired(self, cluster_uuid: str, ids: list[str]) -> None:
+        # Read-modify-write of the whole list (the embedded store has no $pull); RepoAdd and
+        # RepoRemove run under the cluster's repository lock, as every SyncRepos does.
+        await self.store.update_one(
+            CLUSTERS_COLLECTION, {"_id": cluster_uuid}, {"$set": {"_admin.helm_chart_repos": ids}}
+        )
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["repo_register"])
+    async def register(self, inp: RegisterRepoInput) -> RegisterRepoResult:
+        """Register a repository as OSM's NBI does: a ``k8srepos`` document and its id in the cluster's
+        ``_admin.helm_chart_repos``. Idempotent: a document of the same name and URL is reused (its
+        user, password and CA replaced by the given ones).
+
+        A registered repository is trusted by the URL policy wherever it resolves, so the URL must
+        first pass that policy as any URL from workflow input does (allowlist, public addresses):
+        registering cannot widen what callers may make the worker fetch. The password is stored
+        encrypted when the worker has a secret key and never logged.
+
+        Raises ``InvalidInput``, ``UrlNotAllowed``, ``ClusterNotFound`` (non-retryable).
+        """
+        validate_cluster_uuid(inp.cluster_uuid)
+        validate_repo_id(inp.new_id, "new_id")
+        try:
+            repo_cli.validate_repo_name(inp.name)
+            repo_cli.validate_repo_url(inp.url, oci=inp.oci)
+        except repo_cli.RepoCliError as err:
+            raise _invalid(str(err)) from None
+        doc = await self.charts.cluster_doc(inp.cluster_uuid)
+        policy = self.url_policy or UrlPolicy(self.settings, self.store)
+        try:
+            await policy.check(inp.url if "://" in inp.url else f"oci://{inp.url}", field="url")
+        except KduflowError as err:
+            raise _fail(err) from None
+        same = [
+            d for d in await self.store.find(REPOS_COLLECTION, {"name": inp.name}) if d.get("url") == inp.url
+        ]
+        repo_id = str(same[0]["_id"]) if same else inp.new_id
+        password: Any = inp.password
+        box = self.charts.secretbox
+        if password and box is not None:
+            password = box.encrypt_json(password, aad_for(REPOS_COLLECTION, repo_id, "password"))
+        fields = {
+            "name": inp.name,
+            "url": inp.url,
+            "type": "oci" if inp.oci else "helm-chart",
+            "oci": inp.oci,
+            "user": inp.user,
+            "password": password,
+            "ca_cert": inp.cert,
+        }
+        if same:
+            await self.store.update_one(REPOS_COLLECTION, {"_id": repo_id}, {"$set": fields})
+        else:
+            await self.store.insert_one(REPOS_COLLECTION, {"_id": repo_id, **fields})
+        desired = [str(i) for i in ((doc.get("_admin") or {}).get("helm_chart_repos") or [])]
+        if repo_id not in desired:
+            await self._set_desired(inp.cluster_uuid, [*desired, repo_id])
+        log.info(
+            "cluster %s: repository %s registered as k8srepos %s (%s)",
+            inp.cluster_uuid, inp.name, repo_id, "reused" if same else "created",
+        )  # fmt: skip
+        return RegisterRepoResult(repo_id=repo_id, created=not same)
+
+    @activity.defn(name=CLUSTER_ACTIVITY_NAMES["repo_unregister"])
+    async def unregister(self, inp: UnregisterRepoInput) -> UnregisterRepoResult:
+        """Take the repository called ``name`` off the cluster's ``_admin.helm_chart_repos`` (so no
+        later SyncRepos adds it again) and return its id. The ``k8srepos`` document stays: other
+        clusters may list it. Returns ``repo_id=""`` when the cluster knows no repository of that name.
+        """
+        validate_cluster_uuid(inp.cluster_uuid)
+        try:
+            repo_cli.validate_repo_name(inp.name)
+        except repo_cli.RepoCliError as err:
+            raise _invalid(str(err)) from None
+        doc = await self.charts.cluster_doc(inp.cluster_uuid)
+        repos = await self.charts.cluster_repos(inp.cluster_uuid, doc)
+        entry = repos.by_name(inp.name)
+        repo_id = entry.id if entry is not None else ""
+        if not repo_id:
+            for rid in repos.desired_ids:
+                listed = await self.store.find_one(REPOS_COLLECTION, {"_id": rid})
+                if listed is not None and listed.get("name") == inp.name:
+                    repo_id = rid
+                    break
+        if repo_id and repo_id in repos.desired_ids:
+            await self._set_desired(inp.cluster_uuid, [i for i in repos.desired_ids if i != repo_id])
+        return UnregisterRepoResult(repo_id=repo_id)

@@ -75,17 +75,6 @@ from activities.kubeapi import (
     KubeNotFound,
     load_kubeconfig,
 )
-from activities.models import (
-    ACTIVITY_NAMES,
-    DbDict,
-    KduStatusResult,
-    PollStatusInput,
-    ReleaseRef,
-    ReleaseStatus,
-    ResourceState,
-    StatusInput,
-    StatusReport,
-)
 from activities.readiness import (
     CURRENT,
     FAILED,
@@ -102,9 +91,20 @@ from activities.readiness import (
 )
 from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
 from activities.store import Store
+from contract import validation
+from contract.models import (
+    ACTIVITY_NAMES,
+    DbDict,
+    KduStatusResult,
+    PollStatusInput,
+    ReleaseRef,
+    ReleaseStatus,
+    ResourceState,
+    StatusInput,
+    StatusReport,
+)
 from kduflow import metrics
 from kduflow.config import Settings
-from workflows import validation
 
 #: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
 log = activity.LoggerAdapter(logging.getLogger(__name__), None)

@@ -22,7 +22,7 @@ import temporalio.converter
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ApplicationError, FailureError
 
-from activities.secretbox import SecretBox, SecretBoxError
+from kduflow.secretbox import SecretBox, SecretBoxError
 
 #: Metadata values, as in Temporal's encryption samples, so existing codec servers recognise them.
 ENCODING = b"binary/encrypted"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from activities.secretbox import SecretBoxError, parse_key_setting
+from kduflow.secretbox import SecretBoxError, parse_key_setting
 
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 POLL_INTERVAL_MIN = 0.5

@@ -29,12 +29,12 @@ from activities.clusters import ClusterActivities
 from activities.lock import LockActivities
 from activities.release import ReleaseActivities
 from activities.repos import RepoActivities
-from activities.secretbox import SecretBox
 from activities.status import StatusActivities
 from activities.store import Store
 from activities.url_policy import UrlPolicy
 from kduflow.codec import InputPayloadConverter, data_converter, encrypts
 from kduflow.config import Settings
+from kduflow.secretbox import SecretBox
 from workflows import KDU_WORKFLOWS
 from workflows.cluster import CLUSTER_WORKFLOWS
 from workflows.lock import ReleaseLock
@@ -79,6 +79,7 @@ class KduflowPlugin(SimplePlugin):
         self.envs = ClusterEnvs(self.settings, self.store, secretbox, on_materialise=self.repos.materialise)
         self.repos.envs = self.envs
         self.url_policy = UrlPolicy(self.settings, self.store)
+        self.repos.url_policy = self.url_policy
         self.status = StatusActivities(self.settings, self.envs, self.store)
         # Release history and labels are read through the status activities' cached API clients,
         # and the helm activities report status with their observer.

@@ -79,6 +79,15 @@ from activities.models import (  # noqa: E402
     UpgradeKduInput,
 )
 from activities.store import Store  # noqa: E402
+from contract.cluster import (  # noqa: E402  # noqa: E402
+    RepoAddInput,
+    RepoAddResult,
+    RepoListInput,
+    RepoListResult,
+    RepoRemoveInput,
+    RepoRemoveResult,
+)
+from contract.models import GetScaleCountInput, GetServiceInput, ScaleCountResult, ServiceResult  # noqa: E402
 from kduflow.config import Settings  # noqa: E402
 from kduflow.plugin import KduflowPlugin  # noqa: E402
 from tests.support.charts import chart_repo  # noqa: E402
@@ -104,7 +113,7 @@ NSR_ID = "nsr-rec"
 #: fixed string that is evidently not a credential of anything real.
 SANDBOX_TOKEN = "throwaway-sandbox-token-for-recorded-histories"
 #: Code whose uncommitted changes make a recording unrepresentative of the committed code.
-CODE_DIRS = ("workflows", "activities", "kduflow", "worker.py")
+CODE_DIRS = ("workflows", "activities", "kduflow", "contract", "worker.py")
 #: Seconds helm may wait in the cases that must time out (never-ready pods).
 SHORT_TIMEOUT = 4
 
@@ -370,6 +379,14 @@ async def scenario(rec: Recorder, store: Store, kubeconfig: str, repo_url: str) 
     await run("KduValues", "user-values", KduRefInput(CLUSTER, web, ns), KduValuesResult)
     await run("KduValues", "not-found", KduRefInput(CLUSTER, "rec-none", ""), None, expect="ReleaseNotFound")
     await run("KduInstances", "one-release", KduInstancesInput(CLUSTER), KduInstancesResult)
+    count: ScaleCountResult = await run(
+        "GetScaleCount", "user-values", GetScaleCountInput(CLUSTER, web), ScaleCountResult
+    )
+    _check((count.replica_key, count.count, count.namespace) == ("replicaCount", 1, ns), "scale count", count)
+    service: ServiceResult = await run(
+        "GetService", "named", GetServiceInput(CLUSTER, f"{web}-webapp", ns), ServiceResult
+    )
+    _check(service.service is not None and bool(service.service.cluster_ip), "GetService", service)
 
     upgraded: KduResult = await run(
         "UpgradeKdu",
@@ -560,6 +577,25 @@ async def scenario(rec: Recorder, store: Store, kubeconfig: str, repo_url: str) 
     await _set_repos(store, [REPO_ID])
     removed: SyncReposResult = await run("SyncRepos", "removed", SyncReposInput(CLUSTER), SyncReposResult)
     _check(removed.deleted == [EXTRA_REPO_ID], "SyncRepos remove", removed)
+    # N2VC's repo_add / repo_list / repo_remove: registered in k8srepos and the cluster's list, added,
+    # listed, removed; a URL outside the URL policy is refused before anything is written.
+    added_repo: RepoAddResult = await run(
+        "RepoAdd", "registered", RepoAddInput(CLUSTER, "rec-added", repo_url), RepoAddResult
+    )
+    _check(added_repo.name == "rec-added" and bool(added_repo.repo_id), "RepoAdd", added_repo)
+    listed: RepoListResult = await run("RepoList", "after-add", RepoListInput(CLUSTER), RepoListResult)
+    _check("rec-added" in {r.name for r in listed.repos}, "RepoList", listed)
+    removed_repo: RepoRemoveResult = await run(
+        "RepoRemove", "registered", RepoRemoveInput(CLUSTER, "rec-added"), RepoRemoveResult
+    )
+    _check(removed_repo.existed and removed_repo.repo_id == added_repo.repo_id, "RepoRemove", removed_repo)
+    await run(
+        "RepoAdd",
+        "url-not-allowed",
+        RepoAddInput(CLUSTER, "rec-metadata", "http://169.254.169.254/charts"),
+        None,
+        expect="UrlNotAllowed",
+    )
 
     # Removes the schedule, uninstalls what is left (the rec-gen releases) and forgets the cluster.
     await run(
@@ -753,7 +789,9 @@ to do, added and unknown repositories, removed), installs (named, generated name
 `db_dict`, never ready within the timeout, cancelled while helm waits, render failure, input of
 the wrong type), upgrades (success, failure rolled back to the recorded revision, non-atomic
 failure), rollbacks (explicit revision and revision 0), scale (top-level key, component key,
-unknown component), uninstalls (present, absent, absent without a namespace), the per-release
+unknown component), the scale count and one Service (GetScaleCount, GetService), a repository
+added, listed and removed (RepoAdd, RepoList, RepoRemove; a URL outside the URL policy refused),
+uninstalls (present, absent, absent without a namespace), the per-release
 lock (three operations on one release at once: one holds the lock, one queues, one with
 `wait_for_lock=false` is refused; a holder terminated while holding it; a lock used by one
 operation), the read-only workflows and the cluster reset. The mutating cases pass a `db_dict`
@@ -805,6 +843,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-dirty", action="store_true", help="record even with uncommitted changes to workflow code"
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated workflow types: run the whole scenario but write only their histories "
+        "(new workflow types get histories without re-recording those of the others)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The failing cases fail activities on purpose; the SDK logs each such failure with a traceback.
@@ -821,11 +865,20 @@ def main(argv: list[str] | None = None) -> int:
         recorded, versions = asyncio.run(record(lambda msg: print(msg, flush=True)))
     except RecordingError as err:
         raise SystemExit(f"recording failed, nothing written: {err}") from None
+    only = {t for t in args.only.split(",") if t}
+    if only:
+        unknown = only - {r.workflow_type for r in recorded}
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            raise SystemExit(f"--only names workflow types the scenario does not run: {names}")
+        recorded = [r for r in recorded if r.workflow_type in only]
     out = args.out.resolve()
     shown = [".venv/bin/python", "scripts/record_histories.py", "--out"]
     shown.append(str(out.relative_to(ROOT)) if ROOT in out.parents else str(out))
     if args.allow_dirty:
         shown.append("--allow-dirty")
+    if only:
+        shown += ["--only", ",".join(sorted(only))]
     leaks = secret_leaks(recorded, dict(os.environ))
     if leaks:
         raise SystemExit(

@@ -54,7 +54,7 @@ def test_valid_inputs_decode_to_the_dataclasses() -> None:
     inp = decode_input(InstallKduInput, {**INSTALL, "params": {"a": [1, {"b": None}]}, "db_dict": DB})
     assert inp == InstallKduInput("c1", "stable/nginx", params={"a": [1, {"b": None}]}, db_dict=DbDict(**DB))
     scale = {"cluster_uuid": "c", "kdu_instance": "r", "namespace": "n", "scale": 0}
-    assert decode_input(ScaleKduInput, scale) == ScaleKduInput("c", "r", "n", 0)
+    assert decode_input(ScaleKduInput, scale) == ScaleKduInput("c", "r", "n", scale=0)
     assert decode_input(InitClusterInput, {}) == InitClusterInput()
     assert decode_input(KduInstancesInput, {"cluster_uuid": "c"}) == KduInstancesInput("c")
 
@@ -91,7 +91,7 @@ def test_dataclass_instances_from_python_callers_are_checked_the_same_way() -> N
          "scale", "integer, got boolean"),
         (ScaleKduInput, {"cluster_uuid": "c", "kdu_instance": "r", "namespace": "n", "scale": 2.9},
          "scale", "integer, got number"),
-        (UpgradeKduInput, {"cluster_uuid": "c", "kdu_instance": "r"}, "namespace", "required"),
+        (UpgradeKduInput, {"cluster_uuid": "c"}, "kdu_instance", "required"),
         (UpgradeKduInput, {"cluster_uuid": "c", "kdu_instance": "r", "namespace": "n", "force": 1},
          "force", "boolean"),
         (RollbackKduInput, {"cluster_uuid": "c", "kdu_instance": "r", "namespace": "n", "revision": "1"},

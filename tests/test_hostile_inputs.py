@@ -245,7 +245,7 @@ case(T, "InstallKdu", "input-list", lambda c: [install()(c)], II, "input")
 case(T, "InstallKdu", "db_dict-missing-path", install(db_dict={"collection": "nsrs", "filter": {"_id": NSR}}),
      II, ("db_dict.path", "db_dict"))
 case(T, "UpgradeKdu", "force-int", upgrade(force=1), II, "force")
-case(T, "UpgradeKdu", "missing-namespace", upgrade(namespace=DROP), II, "namespace")
+case(T, "UpgradeKdu", "missing-kdu_instance", upgrade(kdu_instance=DROP), II, "kdu_instance")
 case(T, "UpgradeKdu", "params-string", upgrade(params="replicaCount: 5"), II, "params")
 case(T, "RollbackKdu", "revision-string", rollback(revision="1"), II, "revision")
 case(T, "RollbackKdu", "revision-float", rollback(revision=1.5), II, "revision")

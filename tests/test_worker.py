@@ -52,6 +52,11 @@ async def test_plugin_registers_every_workflow_and_activity(ts_env, plugin: Kduf
         "ResetCluster",
         "SyncRepos",
         "ReleaseLock",
+        "GetScaleCount",
+        "GetService",
+        "RepoAdd",
+        "RepoList",
+        "RepoRemove",
     }
     activities = {a.__temporal_activity_definition.name for a in config["activities"]}  # type: ignore[attr-defined]
     assert set(ACTIVITY_NAMES.values()) <= activities

@@ -620,4 +620,18 @@ def test_kdu_workflows_are_exported_under_their_class_names():
 
     names = [_Definition.must_from_class(wf).name for wf in KDU_WORKFLOWS]
     assert names == [wf.__name__ for wf in KDU_WORKFLOWS]
-    assert len(set(names)) == 11
+    assert len(set(names)) == len(names) == 13
+
+
+async def test_every_mutating_workflow_accepts_an_omitted_namespace_and_resolves_it(kdu, cluster):
+    # N2VC's upgrade, rollback, scale and uninstall look the namespace up when none is given: the
+    # JSON input may leave the field out altogether (it has a default), not only send "".
+    cluster.add_release("web", "team-a", ["deployed"], user_values={"replicaCount": 1})
+    ref = {"cluster_uuid": "c1", "kdu_instance": "web"}
+    upgraded = await kdu.run(UpgradeKdu.run, dict(ref))
+    scaled = await kdu.run(ScaleKdu.run, {**ref, "scale": 2})
+    rolled = await kdu.run(RollbackKdu.run, {**ref, "revision": 1})
+    removed = await kdu.run(UninstallKdu.run, dict(ref))
+    assert [r.namespace for r in (upgraded, scaled, rolled, removed)] == ["team-a"] * 4
+    assert scaled.replica_key == "replicaCount" and rolled.restored_revision == 1
+    assert removed.status == "absent" and cluster.calls["kdu.uninstall"][0].ref.namespace == "team-a"

@@ -2,7 +2,15 @@
 
 from workflows.kdu import InstallKdu, RollbackKdu, ScaleKdu, UninstallKdu, UpgradeKdu
 from workflows.lock import ReleaseLock
-from workflows.readonly import InspectKdu, KduInstances, KduServices, KduStatus, KduValues
+from workflows.readonly import (
+    GetScaleCount,
+    GetService,
+    InspectKdu,
+    KduInstances,
+    KduServices,
+    KduStatus,
+    KduValues,
+)
 
 #: Every KDU release workflow (and the per-release lock they take); their Temporal type names are the
 #: class names.
@@ -17,11 +25,15 @@ KDU_WORKFLOWS: list[type] = [
     KduServices,
     KduValues,
     InspectKdu,
+    GetScaleCount,
+    GetService,
     ReleaseLock,
 ]
 
 __all__ = [
     "KDU_WORKFLOWS",
+    "GetScaleCount",
+    "GetService",
     "InspectKdu",
     "InstallKdu",
     "KduInstances",

@@ -27,15 +27,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import (
-        ACTIVITY_NAMES,
-        KduResult,
-        ListReleasesInput,
-        ListReleasesResult,
-        ReleaseRef,
-        UninstallKduInput,
-    )
-    from workflows.cluster_models import (
+    from contract.cluster import (
         CLUSTER_ACTIVITY_NAMES,
         AddStableResult,
         ClusterRef,
@@ -47,8 +39,14 @@ with workflow.unsafe.imports_passed_through():
         InitClusterResult,
         RecordStateInput,
         RecordSyncInput,
+        RegisterRepoInput,
+        RegisterRepoResult,
+        RepoAddInput,
         RepoAddResult,
+        RepoListInput,
+        RepoListResult,
         RepoRef,
+        RepoRemoveInput,
         RepoRemoveResult,
         ResetClusterInput,
         ResetRecord,
@@ -59,17 +57,30 @@ with workflow.unsafe.imports_passed_through():
         SyncReposResult,
         UninstallAllInput,
         UninstallAllResult,
+        UnregisterRepoInput,
+        UnregisterRepoResult,
         VerifyClusterResult,
         uninstall_child_id,
     )
-    from workflows.validation import (
+    from contract.models import (
+        ACTIVITY_NAMES,
+        KduResult,
+        ListReleasesInput,
+        ListReleasesResult,
+        ReleaseRef,
+        UninstallKduInput,
+    )
+    from contract.validation import (
         validate_bool,
         validate_cluster_uuid,
         validate_namespace,
+        validate_repo_add,
+        validate_repo_list,
+        validate_repo_remove,
         validate_sync_interval,
     )
 
-from workflows.common import NON_RETRYABLE_ERROR_TYPES, call_read, is_workflow_cancellation
+from workflows.common import NON_RETRYABLE_ERROR_TYPES, call_read, failure_error, is_workflow_cancellation
 from workflows.decoding import decode_input
 from workflows.lock import LockClient, release_lock
 
@@ -439,7 +450,98 @@ class SyncRepos(LockClient):
         return result
 
 
+async def _call_or_fail(name: str, arg: Any, result_type: type, context: str, **kw: Any) -> Any:
+    """``_call``, with an activity failure re-raised as a non-retryable ApplicationError of the same type."""
+    try:
+        return await _call(name, arg, result_type, **kw)
+    except ActivityError as err:
+        if is_workflow_cancellation(err):
+            raise
+        raise failure_error(err, context) from err
+
+
+@workflow.defn(name="RepoAdd")
+class RepoAdd(LockClient):
+    """N2VC ``repo_add`` on one cluster, made durable the way OSM does it: the repository is
+    registered (a ``k8srepos`` document, its id in ``_admin.helm_chart_repos``), then added to the
+    cluster's helm configuration; later SyncRepos keep it. Holds the cluster's repository lock, like
+    every SyncRepos. The URL must pass the worker's URL policy (a registered repository is trusted
+    wherever it resolves). If adding fails, the repository is taken off the cluster's list again
+    (the k8srepos document stays) and the workflow fails with the cause's type.
+
+    Raises non-retryable ``InvalidInput``, ``UrlNotAllowed``, ``ClusterNotFound``,
+    ``CredentialsInvalid``, ``ChartNotFound`` (the URL is not a chart repository), or a retryable
+    cause's type once its retries are spent.
+    """
+
+    @workflow.run
+    async def run(self, raw: Any = None, *extra: Any) -> RepoAddResult:
+        inp = decode_input(RepoAddInput, raw, extra)
+        validate_repo_add(inp)
+        what = f"adding repository {inp.name} to cluster {inp.cluster_uuid}"
+        async with release_lock(repos_lock_ref(inp.cluster_uuid), "repo-add"):
+            registered: RegisterRepoResult = await _call_or_fail(
+                "repo_register",
+                RegisterRepoInput(
+                    inp.cluster_uuid, str(workflow.uuid4()), inp.name, inp.url,
+                    cert=inp.cert, user=inp.user, password=inp.password, oci=inp.oci,
+                ),
+                RegisterRepoResult,
+                what,
+            )  # fmt: skip
+            try:
+                return await _call(
+                    "repo_add", RepoRef(inp.cluster_uuid, registered.repo_id), RepoAddResult,
+                    timeout=_REPO, retry=_REPO_RETRY,
+                )  # fmt: skip
+            except ActivityError as err:
+                if is_workflow_cancellation(err):
+                    raise
+                undo = UnregisterRepoInput(inp.cluster_uuid, inp.name)
+                await _call("repo_unregister", undo, UnregisterRepoResult)
+                raise failure_error(err, what) from err
+
+
+@workflow.defn(name="RepoList")
+class RepoList:
+    """N2VC ``repo_list``: the repositories helm has for the cluster, with their k8srepos ids (never a
+    password). Raises non-retryable ``InvalidInput``, ``ClusterNotFound``."""
+
+    @workflow.run
+    async def run(self, raw: Any = None, *extra: Any) -> RepoListResult:
+        inp = decode_input(RepoListInput, raw, extra)
+        validate_repo_list(inp)
+        return await _call_or_fail(
+            "repo_list", ClusterRef(inp.cluster_uuid), RepoListResult,
+            f"listing the repositories of cluster {inp.cluster_uuid}", timeout=_REPO,
+        )  # fmt: skip
+
+
+@workflow.defn(name="RepoRemove")
+class RepoRemove(LockClient):
+    """N2VC ``repo_remove``: take the repository called ``name`` off the cluster's list
+    (``_admin.helm_chart_repos``, so SyncRepos does not add it back) and out of its helm
+    configuration, under the cluster's repository lock. The ``k8srepos`` document stays (other
+    clusters may use it). Idempotent: an unknown name returns ``existed: false``."""
+
+    @workflow.run
+    async def run(self, raw: Any = None, *extra: Any) -> RepoRemoveResult:
+        inp = decode_input(RepoRemoveInput, raw, extra)
+        validate_repo_remove(inp)
+        what = f"removing repository {inp.name} from cluster {inp.cluster_uuid}"
+        async with release_lock(repos_lock_ref(inp.cluster_uuid), "repo-remove"):
+            unregistered: UnregisterRepoResult = await _call_or_fail(
+                "repo_unregister", UnregisterRepoInput(inp.cluster_uuid, inp.name), UnregisterRepoResult, what
+            )
+            if not unregistered.repo_id:
+                return RepoRemoveResult(repo_id="", name=inp.name, existed=False)
+            return await _call_or_fail(
+                "repo_remove", RepoRef(inp.cluster_uuid, unregistered.repo_id, inp.name), RepoRemoveResult,
+                what, timeout=_REPO, retry=_REPO_RETRY,
+            )  # fmt: skip
+
+
 #: The cluster workflows. They need ``workflows.KDU_WORKFLOWS`` (``UninstallKdu``, ``ReleaseLock``)
 #: and the ``kdu.*`` and ``lock.*`` activities on the same task queue: ResetCluster starts UninstallKdu
 #: children and SyncRepos takes a lock.
-CLUSTER_WORKFLOWS = [InitCluster, ResetCluster, SyncRepos]
+CLUSTER_WORKFLOWS = [InitCluster, ResetCluster, SyncRepos, RepoAdd, RepoList, RepoRemove]

@@ -39,8 +39,8 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.errors import NON_RETRYABLE_TYPES
-    from activities.models import (
+    from contract.errors import NON_RETRYABLE_TYPES
+    from contract.models import (
         ACTIVITY_NAMES,
         DbDict,
         ListReleasesInput,
@@ -49,7 +49,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseSummary,
     )
 
-from workflows.validation import InvalidInputError
+from contract.validation import InvalidInputError
 
 T = TypeVar("T")
 

@@ -27,7 +27,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from workflows.validation import InvalidInputError
+from contract.validation import InvalidInputError
 
 T = TypeVar("T")
 

@@ -32,7 +32,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import (
+    from contract.models import (
         ACTIVITY_NAMES,
         DbDict,
         GetValuesInput,
@@ -60,10 +60,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from kduflow import metrics
 
-from workflows import common, naming, scale, validation
+from contract import validation
+from contract.validation import InvalidInputError
+from workflows import common, naming, scale
 from workflows.decoding import decode_input
 from workflows.lock import LockClient, release_lock
-from workflows.validation import InvalidInputError
 
 #: Phases written to the status sub-document (``StatusInput.phase``).
 PHASE_COMPLETED = "completed"

@@ -44,7 +44,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import (
+    from contract.models import (
         ACTIVITY_NAMES,
         LockAnswer,
         LockHolder,

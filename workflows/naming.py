@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 
-from workflows.validation import MAX_RELEASE_NAME
+from contract.validation import MAX_RELEASE_NAME
 
 #: N2VC cuts the chart-derived part to this many characters before the random suffix.
 STEM_LENGTH = 35

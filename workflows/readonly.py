@@ -18,8 +18,10 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.models import (
+    from contract.models import (
         ACTIVITY_NAMES,
+        GetScaleCountInput,
+        GetServiceInput,
         GetValuesInput,
         HistoryResult,
         InspectInput,
@@ -36,11 +38,14 @@ with workflow.unsafe.imports_passed_through():
         ListReleasesResult,
         ReleaseRef,
         ReleaseStatus,
+        ScaleCountResult,
+        ServiceResult,
         StatusInput,
         ValuesResult,
     )
 
-from workflows import common, validation
+from contract import validation
+from workflows import common, scale
 from workflows.decoding import decode_input
 
 T = TypeVar("T", bound=KduResult)
@@ -202,3 +207,70 @@ class InspectKdu:
         # Report the model as the caller wrote it, whatever the activity echoes.
         result.kdu_model = inp.kdu_model
         return result
+
+
+def _count(value: Any, path: str) -> int:
+    """A replica count as helm values hold it (an integer, or an integer in a string: N2VC's int())."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise ApplicationError(
+        f"the replica key {path} does not hold a count",
+        {"replica_key": path},
+        type=scale.REPLICA_KEY_NOT_FOUND,
+        non_retryable=True,
+    )
+
+
+@workflow.defn(name="GetScaleCount")
+class GetScaleCount:
+    """The replica count of a release's resource (N2VC ``get_scale_count``), read from the release's
+    values with ScaleKdu's replica-key detection: what ScaleKdu would change, and its value now."""
+
+    @workflow.run
+    async def run(self, raw: Any = None, *extra: Any) -> ScaleCountResult:
+        """Returns the key, its count and where it was found (user or chart values). Raises
+        non-retryable ``InvalidInput``, ``ReleaseNotFound``, ``ReplicaKeyNotFound``,
+        ``ReplicaKeyAmbiguous``, ``ClusterNotFound``."""
+        inp = decode_input(GetScaleCountInput, raw, extra)
+        validation.validate_get_scale_count(inp)
+        ref_input = KduRefInput(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
+        ref = await _ref(ref_input)
+        if ref is None:
+            raise _not_found(ref_input)
+        where = f"{ref.namespace}/{ref.kdu_instance}"
+        user = await common.call_read(
+            ACTIVITY_NAMES["get_values"], GetValuesInput(ref=ref, all_values=False), ValuesResult,
+            f"reading the values of {where}",
+        )  # fmt: skip
+        computed = await common.call_read(
+            ACTIVITY_NAMES["get_values"], GetValuesInput(ref=ref, all_values=True), ValuesResult,
+            f"reading the computed values of {where}",
+        )  # fmt: skip
+        key = scale.find_replica_key(user.values, computed.values, inp.resource_name)
+        return ScaleCountResult(
+            kdu_instance=ref.kdu_instance,
+            namespace=ref.namespace,
+            replica_key=key.path,
+            count=_count(key.current, key.path),
+            source=key.source,
+        )
+
+
+@workflow.defn(name="GetService")
+class GetService:
+    """One Service of a namespace by name (N2VC ``get_service``), with its live addresses."""
+
+    @workflow.run
+    async def run(self, raw: Any = None, *extra: Any) -> ServiceResult:
+        """Returns the Service, or ``service: null`` when there is none of that name. Raises
+        non-retryable ``InvalidInput``, ``ClusterNotFound``."""
+        inp = decode_input(GetServiceInput, raw, extra)
+        validation.validate_get_service(inp)
+        return await common.call_read(
+            ACTIVITY_NAMES["service"], inp, ServiceResult,
+            f"reading service {inp.service_name} in {inp.namespace} of cluster {inp.cluster_uuid}",
+        )  # fmt: skip
