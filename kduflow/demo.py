@@ -142,7 +142,7 @@ async def run_demo(args: argparse.Namespace) -> None:
     from kduflow.config import Settings
     from kduflow.plugin import KduflowPlugin
     from sandbox import SandboxCluster
-    from tests.support.charts import chart_repo
+    from sandbox.chartrepo import chart_repo
 
     dialect = f"helm{args.helm}"
     helm, kubectl = ROOT / "tools" / dialect / "helm", ROOT / "tools" / dialect / "kubectl"
