@@ -159,7 +159,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     from bench.world import ROOT, Shared
     from kduflow.devserver import dev_server, free_port
     from sandbox import SandboxCluster
-    from tests.support.charts import ChartRepoServer, chart_repo
+    from sandbox.chartrepo import ChartRepoServer, chart_repo
 
     sizes = plan(args)
     majors = [3, 4] if args.helm == "both" else [int(args.helm)]

@@ -31,7 +31,7 @@ from activities.models import (
 )
 from bench.report import median, ratio, summary
 from bench.world import CHART, OP_TIMEOUT, World, proc_stat, reset_peak_rss, run_helm
-from tests.support.charts import ChartRepoServer
+from sandbox.chartrepo import ChartRepoServer
 from workflows.cluster_models import SyncReposInput, SyncReposResult
 
 STATUS_PATH = "_admin.deployed.K8s.0"

@@ -29,7 +29,7 @@ from kduflow.codec import data_converter
 from kduflow.config import Settings
 from kduflow.devserver import LOOPBACK_NETWORKS
 from sandbox import SandboxCluster
-from tests.support.charts import ChartRepoServer
+from sandbox.chartrepo import ChartRepoServer
 from workflows.cluster_models import InitClusterInput, InitClusterResult
 
 ROOT = Path(__file__).resolve().parent.parent

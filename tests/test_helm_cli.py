@@ -14,6 +14,7 @@ import pytest
 from activities import helm_cli as h
 from activities.errors import ClusterUnreachable, InvalidInput, UnsupportedHelm, classify_helm_stderr
 from activities.helm_cli import ChartRef, HelmVersion
+from sandbox.chartrepo import CHARTS_DIR
 
 DATA = Path(__file__).resolve().parent / "data"
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
@@ -462,7 +463,7 @@ CLUSTER_VERBS = [
 @pytest.mark.parametrize(("builder", "kwargs"), CLUSTER_VERBS)
 def test_real_helm_parses_every_built_argv(builder, kwargs, tools, unreachable) -> None:
     """The built argv passes the real flag parser: helm gets as far as contacting the cluster."""
-    chart_dir = Path(__file__).resolve().parent / "charts" / "webapp"
+    chart_dir = CHARTS_DIR / "webapp"
     if "chart" in builder.__code__.co_varnames:
         kwargs = {**kwargs, "chart": ChartRef("local", str(chart_dir))}
     argv = builder(str(tools.helm), version_of(tools), **kwargs)
@@ -481,7 +482,7 @@ def test_helm3_flags_are_rejected_by_helm4(helm4, unreachable) -> None:
 
 
 def test_real_helm_template_renders_with_values_on_stdin(tools) -> None:
-    chart = ChartRef("local", str(Path(__file__).resolve().parent / "charts" / "webapp"))
+    chart = ChartRef("local", str(CHARTS_DIR / "webapp"))
     argv = h.build_template_argv(
         str(tools.helm), version_of(tools), release="demo", chart=chart, namespace="ns1"
     )

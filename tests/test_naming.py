@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.chartrepo import CHARTS_DIR
 from workflows.naming import SUFFIX_MAX, generate_kdu_instance_name, name_stem
 from workflows.validation import HELM_SYSTEM_LABELS, InvalidInputError, validate_labels, validate_release_name
 
-WEBAPP_CHART = Path(__file__).resolve().parent / "charts" / "webapp"
+WEBAPP_CHART = CHARTS_DIR / "webapp"
 
 DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 

@@ -46,6 +46,7 @@ from activities.runner import HOST, ProcessResult, Runner
 from activities.status import StatusActivities, final_seq
 from activities.store import Store
 from kduflow.config import Settings
+from sandbox.chartrepo import CHARTS_DIR
 from tests.support.sandbox import LOOPBACK_NETWORKS
 
 try:
@@ -56,7 +57,7 @@ except ImportError as exc:  # the sandbox area ships it; without it only the fak
 else:
     SANDBOX_MISSING = ""
 
-CHARTS = Path(__file__).resolve().parent / "charts"
+CHARTS = CHARTS_DIR
 needs_sandbox = pytest.mark.skipif(SandboxCluster is None, reason=SANDBOX_MISSING or "sandbox available")
 
 

@@ -21,8 +21,9 @@ DATA = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from sandbox import SandboxCluster  # noqa: E402
+from sandbox.chartrepo import CHARTS_DIR  # noqa: E402
 
-WEBAPP = ROOT / "tests" / "charts" / "webapp"
+WEBAPP = CHARTS_DIR / "webapp"
 
 
 def run(
@@ -176,7 +177,7 @@ def capture(dialect: str) -> None:
             save(out, "install-atomic-fail", run([*bad, atomic], env, b'{"ready": false}'), expect_ok=False)
             save(out, "install-fail", run(bad, env, b'{"ready": false}'), expect_ok=False)
             save(out, "history-failed", run([helm, "history", "demo-2", "-n", "ns1", "-o", "json"], env))
-            broken = ROOT / "tests" / "charts" / "broken"
+            broken = CHARTS_DIR / "broken"
             save(
                 out,
                 "install-render-fail",
