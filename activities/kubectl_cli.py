@@ -63,7 +63,7 @@ def parse_service(obj: dict[str, Any], default_namespace: str = "") -> ServiceIn
     """One Service object; missing ``spec``/``status`` fields give defaults, never an exception.
 
     A LoadBalancer whose ``status.loadBalancer.ingress`` is absent or empty is ``pending``; its
-    ingress may carry IPs, hostnames (e.g. AWS ELB), or both (N2VC defect E.24 crashed on both).
+    ingress may carry IPs, hostnames (e.g. AWS ELB), or both (N2VC crashed on both).
     """
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}

@@ -1,7 +1,7 @@
 """Chart repositories of a cluster: the store is the truth, every worker rebuilds helm's view of it.
 
 N2VC keeps helm's ``repositories.yaml`` (with passwords) and the index caches in a per-cluster
-directory mirrored through GridFS, racing between replicas (reference D, E.28-E.31). kduflow keeps
+directory mirrored through GridFS, racing between replicas. kduflow keeps
 the repository configuration in the store only:
 
 * ``k8sclusters._admin.helm_chart_repos``: the desired repositories (ids into ``k8srepos``:

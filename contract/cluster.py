@@ -85,7 +85,7 @@ class SyncReposInput:
 @dataclass
 class SyncReposResult:
     """What SyncRepos changed. Keys and list entries are always k8srepos ids (N2VC mixed ids and
-    names, reference E.20); ``added`` maps id -> repository name like ``_admin.helm_charts_added``."""
+    names, as OSM does); ``added`` maps id -> repository name like ``_admin.helm_charts_added``."""
 
     deleted: list[str] = field(default_factory=list)
     added: dict[str, str] = field(default_factory=dict)

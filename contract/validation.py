@@ -6,7 +6,7 @@ starts with ``invalid <field>:`` and whose first detail is ``{"field": <field>}`
 is scheduled. The client runs the same functions so a bad request fails before it reaches Temporal.
 
 Why so strict: N2VC interpolated release names, models, namespaces and versions into command lines
-(E.1), so a value such as ``--post-renderer=/bin/sh`` became a helm flag. kduflow passes argv lists,
+so a value such as ``--post-renderer=/bin/sh`` became a helm flag. kduflow passes argv lists,
 but a value that helm itself would parse as a flag or a path (``-x``, ``../../etc``, ``/abs``) is
 still refused here, at the edge, with the field named. Values that reach MongoDB (``db_dict``) are
 checked for operator injection (``$where``) and for the empty filter that would update an arbitrary
@@ -235,7 +235,7 @@ def _reject_common_model_hazards(model: str, field: str) -> None:
     if len(model) > MAX_KDU_MODEL:
         raise InvalidInputError(field, f"longer than {MAX_KDU_MODEL} characters")
     # Printable ASCII only: chart and repo names are ASCII, and whitespace or control characters
-    # are how N2VC's string-built commands were split into extra arguments (E.1, E.2).
+    # are how N2VC's string-built commands were split into extra arguments.
     if any(ord(c) < 0x21 or ord(c) == 0x7F or ord(c) > 0x7E for c in model):
         raise InvalidInputError(field, "must not contain whitespace, control or non-ASCII characters")
     if model.startswith("-"):
@@ -605,14 +605,14 @@ def validate_instances(inp: KduInstancesInput) -> None:
 
 
 def validate_inspect(inp: InspectKduInput) -> ChartRef:
-    """With ``repo_url`` the model must be a bare chart name: helm ``--repo`` looks it up there (N2VC E.8)."""
+    """With ``repo_url`` the model must be a bare chart name: helm ``--repo`` looks it up there."""
     # Inspect may run without a cluster: only local charts and --repo lookups need none.
     ref = parse_kdu_model(inp.kdu_model)
     validate_cluster_uuid(inp.cluster_uuid, allow_empty=True)
     version = validate_version(inp.version)
     repo_url = validate_repo_url(inp.repo_url)
     # helm --repo resolves a bare name in that repository; "repo/chart" plus --repo is what crashed
-    # N2VC's _split_repo (E.8), so refuse the combination instead of guessing.
+    # N2VC's _split_repo, so refuse the combination instead of guessing.
     if repo_url and ref.kind != "local":
         raise InvalidInputError("kdu_model", "with repo_url, kdu_model must be a bare chart name")
     if ref.kind == "repo" and not inp.cluster_uuid:

@@ -389,7 +389,7 @@ def _validate_mongo_uri(raw: Any, label: str, environ: Mapping[str, str]) -> str
     if not parts.netloc.rpartition("@")[2]:
         raise ConfigError(f"{label}={redact_uri(value)!r}: no host")
     if label.startswith("--") and parts.password is not None:
-        # argv is readable by every local user (ps, /proc); E.28 is exactly this mistake.
+        # argv is readable by every local user (ps, /proc); N2VC put repository passwords there.
         raise ConfigError(f"{label}={redact_uri(value)!r}: a password must not be given on the command line; "
                           "set MONGO_URI in the environment instead")
     return value

@@ -168,7 +168,7 @@ GOLDEN = [
         ),
         ["helm", "upgrade", "demo", "emu/webapp", "--version", "0.2.0", *COMMON, "--reset-then-reuse-values"],
         ["helm", "upgrade", "demo", "emu/webapp", "--version", "0.2.0", *COMMON, "--reset-then-reuse-values"],
-        id="upgrade reset + reuse is reset-then-reuse (N2VC E.16)",
+        id="upgrade reset + reuse is reset-then-reuse (N2VC emitted reuse only)",
     ),
     pytest.param(
         h.build_upgrade_argv,

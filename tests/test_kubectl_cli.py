@@ -97,14 +97,14 @@ def service(name: str, svc_type: str, status: dict | None = None, **spec: object
             [],
             [],
             True,
-            id="LB ingress null (N2VC E.24 TypeError)",
+            id="LB ingress null (N2VC TypeError)",
         ),
         pytest.param(
             service("a", "LoadBalancer", {"loadBalancer": {"ingress": [{"hostname": "x.elb.aws"}]}}),
             [],
             ["x.elb.aws"],
             False,
-            id="hostname only (N2VC E.24 KeyError)",
+            id="hostname only (N2VC KeyError)",
         ),
         pytest.param(
             service(

@@ -113,7 +113,8 @@ def test_generated_and_validated_names_are_what_real_helm_accepts(tools, tmp_pat
         assert validate_release_name(name) == name
         done = _helm_template(tools.helm, name, tmp_path)
         assert done.returncode == 0, (tools.dialect, name, done.stderr)
-    # What we refuse, helm refuses too (for "-x" helm even parses the name as a flag: N2VC E.1).
+    # What we refuse, helm refuses too (for "-x" helm even parses the name as a flag, as N2VC's
+    # string-built commands did).
     for name in ["a" * 54, "Upper", "a_b", "-x"]:
         with pytest.raises(InvalidInputError):
             validate_release_name(name)

@@ -867,7 +867,8 @@ async def test_sandbox_installed_release_is_observed_cheaply(
 async def test_sandbox_atomic_install_purge_still_records_the_failure(
     sandbox: SandboxCluster, sh: Harness, tools: Any, chart: Path, tmp_path: Path
 ) -> None:
-    """N2VC C.2: after an atomic install failure the release is gone; the final write must say so."""
+    """N2VC wrote nothing after an atomic install failure: the release is gone; the final write
+    must say so."""
     ns, name = f"st-atomic-{tools.dialect}", f"atomic-{tools.dialect}"
     env = tool_env(sandbox, tmp_path, tools.dialect)
     values = tmp_path / "values.yaml"

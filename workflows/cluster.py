@@ -1,5 +1,5 @@
 """Cluster workflows: ``InitCluster``, ``ResetCluster`` and ``SyncRepos`` (N2VC init_env / reset /
-synchronize_repos, reference A.2 and B.3), calling the ``cluster.*`` and ``repo.*`` activities by name.
+synchronize_repos), calling the ``cluster.*`` and ``repo.*`` activities by name.
 
 Deterministic: no I/O, ids from ``workflow.uuid4()``. Secrets stay out of history except the
 ``k8s_creds`` N2VC's interface puts in InitCluster's input (a warning says so: run with the payload

@@ -10,7 +10,7 @@ Option sets and why they differ:
   margin (chart pull, render, hooks all come on top of the wait), a heartbeat timeout because the
   runner heartbeats while helm runs and cancellation only reaches an activity through heartbeats,
   and ``WAIT_CANCELLATION_COMPLETED`` so a compensating rollback can never overlap a still-running
-  ``helm upgrade`` (anchors 6.1). Retries are few: a retry of a mutating helm call is only safe
+  ``helm upgrade``. Retries are few: a retry of a mutating helm call is only safe
   because the activity recognises its own ``operation_id``, and helm's own failures come back as
   non-retryable ``ReleaseFailed``.
 * **read** (history/list/values/services/inspect): short, several retries, no heartbeat timeout
@@ -53,7 +53,7 @@ from contract.validation import InvalidInputError
 
 T = TypeVar("T")
 
-#: Namespace used when an install names none (N2VC's helm3 status defaulted to kube-system: E.15).
+#: Namespace used when an install names none (N2VC's helm 3 status looked in kube-system instead).
 DEFAULT_NAMESPACE = "default"
 
 #: ApplicationError types that no retry can fix: the one list, kept beside the error tree.

@@ -1,21 +1,22 @@
 """The mutating KDU workflows: InstallKdu, UpgradeKdu, RollbackKdu, ScaleKdu, UninstallKdu.
 
-Each follows helm-controller's observe -> decide -> act shape (anchors 1.2) with N2VC's operation
-semantics (reference A.2/A.4) and without N2VC's defects (E):
+Each follows Flux helm-controller's observe -> decide -> act shape with N2VC's operation semantics
+and without N2VC's defects:
 
 * **Validate first.** Bad input fails at once with ``InvalidInput`` naming the field; no activity runs.
 * **Observe before acting.** Upgrade, rollback and scale read ``helm history`` first: an absent
   release is ``ReleaseNotFound`` (N2VC missed pending releases because it used ``helm list``
-  without ``--all``: E.19), a ``pending-*`` release is refused rather than fought over (5.1).
-* **Status heartbeat.** While helm runs, ``kdu.poll_status`` writes progress to MongoDB next to it
-  (N2VC's background ``_store_status``, which in practice never wrote: C.1). When helm returns the
-  poller is cancelled and awaited, then one final ``kdu.status`` write runs **on failure too**
-  (N2VC skipped it after an atomic install failure: C.2).
+  without ``--all``), a ``pending-*`` release is refused rather than fought over.
+* **Status heartbeat.** While helm runs, the helm activity itself observes the release and writes
+  progress to MongoDB (N2VC's background ``_store_status`` in practice never wrote), and writes the
+  final status once helm succeeded; after a failure or a cancellation the workflow writes the final
+  status itself (N2VC wrote none after an atomic install failure).
 * **The workflow owns remediation.** Upgrades run with helm's ``--atomic`` off and ``--wait`` on;
   on failure the workflow rolls back to the *explicit* last deployed revision it recorded before
-  upgrading, never ``rollback 0`` (anchors 5.5), and reports both revisions.
+  upgrading, never ``rollback 0`` (helm's "previous" may be a failed revision), and reports both
+  revisions.
 * **Cancellation** reaches helm (WAIT_CANCELLATION_COMPLETED: the activity SIGTERMs helm and reaps
-  it before the workflow goes on), stops the poller, and still writes the final status.
+  it before the workflow goes on) and still writes the final status.
 
 Every mutating body holds the release's lock (``workflows/lock.py``) from its first observation of
 the release to its last status write: one mutating operation per release at a time, whoever started
@@ -239,7 +240,7 @@ async def _final_status(
     if db_dict is None:
         return None
     # Written on success, failure and cancellation alike: N2VC wrote nothing after an atomic
-    # install failure (C.2), leaving OSM with whatever the last poll had seen.
+    # install failure, leaving OSM with whatever the last poll had seen.
     try:
         return await workflow.execute_activity(
             ACTIVITY_NAMES["status"],
@@ -281,7 +282,7 @@ def _result(info: ReleaseInfo, status: KduStatusResult | None, message: str = ""
 
 
 async def _generate_unused_name(cluster_uuid: str, kdu_model: str) -> str:
-    """N2VC's name scheme plus the uniqueness check N2VC dropped (E.18), bounded attempts."""
+    """N2VC's name scheme plus the uniqueness check N2VC never made, with bounded attempts."""
     tried = []
     for _ in range(naming.MAX_NAME_ATTEMPTS):
         # workflow.random() is seeded by the workflow run, so a replay regenerates the same names.
@@ -612,7 +613,7 @@ class UpgradeKdu(LockClient):
             chart=chart.chart if chart else "",
             version=chart.version if chart else "",
             values=inp.params,
-            # reset wins over reuse: N2VC let the default reuse_values=True mask a requested reset (E.16).
+            # reset wins over reuse: N2VC let the default reuse_values=True mask a requested reset.
             reuse_values=inp.reuse_values and not inp.reset_values,
             reset_values=inp.reset_values,
             force=inp.force,
@@ -742,7 +743,8 @@ class ScaleKdu(LockClient):
             helm_input = HelmUpgradeInput(
                 ref=ref,
                 chart="",
-                # Only the replica key changes; reuse keeps every other value (N2VC helm2 dropped them: E.10).
+                # Only the replica key changes; reuse keeps every other value (N2VC's helm 2 path
+                # dropped them).
                 set_values={key.path: inp.scale},
                 reuse_values=True,
                 atomic=False,
@@ -765,7 +767,7 @@ class UninstallKdu(LockClient):
     async def run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns status ``absent``; ``message`` says whether it was removed or already absent.
 
-        A ``pending-*`` release is uninstalled, not reported absent (N2VC leaked those: E.19).
+        A ``pending-*`` release is uninstalled, not reported absent (N2VC leaked those).
         Raises non-retryable ``InvalidInput`` or the uninstall's failure type after writing status.
         """
         inp = decode_input(UninstallKduInput, raw, extra)
@@ -780,7 +782,7 @@ class UninstallKdu(LockClient):
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
         async with release_lock(ref, "uninstall", wait=inp.wait_for_lock):
             # history, not list: N2VC's `helm list` hid pending releases and so "uninstalled" them
-            # without deleting anything (E.19).
+            # without deleting anything.
             entries = await _history(ref)
             if not entries:
                 await _final_status(ref, db_dict, "uninstall", PHASE_COMPLETED)

@@ -1,13 +1,13 @@
 """Release-name generation compatible with OSM N2VC's ``generate_kdu_instance_name`` (pure).
 
-N2VC's scheme (reference A.2): take the chart reference (its last segment for URLs), turn every
+N2VC's scheme: take the chart reference (its last segment for URLs), turn every
 non-alphanumeric character into ``-``, cut to 35 characters, prefix ``a`` if it does not start with a
 letter, append ``-`` and a random number in 1..99,999,999 zero-padded to 10 digits, lower-case it.
 ``stable/openldap:1.2.2`` becomes ``stable-openldap-1-2-2-00xxxxxxxx``.
 
 We keep that shape on purpose: OSM operators recognise these names, and LCM code parses nothing out
 of them, so keeping the repo prefix and version costs nothing and changing them would surprise users.
-What we fix (E.18):
+What we fix (N2VC never checked that the name was free):
 
 * an empty stem no longer crashes with ``IndexError``: it becomes ``kdu``;
 * only ASCII letters and digits survive (N2VC's ``str.isalpha`` kept ``é``, which Kubernetes refuses);

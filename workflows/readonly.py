@@ -1,12 +1,13 @@
 """The read-only KDU workflows: KduStatus, KduInstances, KduServices, KduValues, InspectKdu.
 
 They validate, resolve the namespace when none is given (N2VC's ``status_kdu`` looked it up too,
-but with ``helm list`` without ``--all``: E.19), and run one short activity with a few retries on
-retryable errors. They never write to MongoDB (``kdu.status`` is called without ``db_dict``), so
-they are safe to run at any time, even while a mutating workflow holds the release.
+but with ``helm list`` without ``--all``, which misses pending and failed releases), and run one
+short activity with a few retries on retryable errors. They never write to MongoDB (``kdu.status``
+is called without ``db_dict``), so they are safe to run at any time, even while a mutating workflow
+holds the release.
 
-Unlike N2VC (E.7) an activity failure is a failure, never data: a missing release is a
-non-retryable ``ReleaseNotFound``, not helm's error text returned as values.
+An activity failure is a failure, never data: a missing release is a non-retryable
+``ReleaseNotFound``, not helm's error text returned as values as N2VC did.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class KduServices:
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> KduServicesResult:
-        """Returns the services (LoadBalancers still pending are flagged, not an error: E.24).
+        """Returns the services (LoadBalancers still pending are flagged, not an error; N2VC crashed on them).
         Raises non-retryable ``InvalidInput``, ``ReleaseNotFound``, ``ClusterNotFound``."""
         inp = decode_input(KduRefInput, raw, extra)
         validation.validate_ref(inp)
@@ -191,8 +192,8 @@ class InspectKdu:
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> InspectKduResult:
         """Returns the chart metadata. ``repo/chart`` is resolved with the cluster's repositories
-        (N2VC used none: E.8). Raises non-retryable ``InvalidInput``, ``ChartNotFound``,
-        ``RepoNotFound``, ``ClusterNotFound``."""
+        (N2VC used none and could not resolve repository charts). Raises non-retryable
+        ``InvalidInput``, ``ChartNotFound``, ``RepoNotFound``, ``ClusterNotFound``."""
         inp = decode_input(InspectKduInput, raw, extra)
         chart = validation.validate_inspect(inp)
         result = await common.call_read(
