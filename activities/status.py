@@ -562,13 +562,15 @@ class StatusActivities:
             groups.setdefault((ref.api_version, plural, ns), []).append((index, ref))
 
         live: dict[int, dict[str, Any]] = {}
-        for (api_version, plural, ns), members in groups.items():
+
+        async def fetch(key: tuple[str, str, str], members: list[tuple[int, ObjRef]]) -> None:
+            api_version, plural, ns = key
             if len(members) == 1:
                 index, ref = members[0]
                 obj = await api.get_object(ref.api_version, ref.kind, ns or None, ref.name)
                 if obj is not None:
                     live[index] = obj
-                continue
+                return
             # Several objects of one kind in one namespace: one LIST instead of one GET each.
             try:
                 items = await api.list(api_version, plural, ns or None)
@@ -578,6 +580,9 @@ class StatusActivities:
             for index, ref in members:
                 if ref.name in by_name:
                     live[index] = by_name[ref.name]
+
+        # The requests of one observation go out side by side (the client keeps several connections).
+        await asyncio.gather(*(fetch(key, members) for key, members in groups.items()))
 
         states: dict[int, ResourceState] = {}
         for index, ref in enumerate(refs):
