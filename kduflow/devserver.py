@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from contract.search import dev_server_args
+
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("kduflow.devserver")
 #: Networks a development worker lets cluster servers (and allowlisted chart URLs) resolve into.
@@ -68,6 +70,8 @@ def dev_server(state_dir: Path, port: int = 7233, ui_port: int | None = None) ->
         str(state_dir / "temporal.db"),
         "--log-level",
         "warn",
+        # kduflow's search attributes (KduCluster, KduRelease, ...): `temporal workflow list --query`.
+        *dev_server_args(),
     ]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
     proc = subprocess.Popen(

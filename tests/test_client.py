@@ -127,3 +127,16 @@ async def test_a_namespace_without_the_search_attributes_still_starts_workflows(
             await h.workflow_handle.terminate("test")
     finally:
         await env.shutdown()
+
+
+def test_the_dev_server_of_run_worker_registers_the_search_attributes(tmp_path: Path) -> None:
+    from kduflow.devserver import dev_server, free_port
+
+    with dev_server(tmp_path / "temporal", free_port()) as address:
+        proc = subprocess.run(
+            [temporal_cli(), "operator", "search-attribute", "list", "--address", address, "-o", "json"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+    text = proc.stdout
+    for key in search.ALL_KEYS:
+        assert f'"{key.name}"' in text, key.name

@@ -46,6 +46,7 @@ from contract.models import (
     ScaleCountResult,
     ServiceResult,
 )
+from contract.search import KDU_CLUSTER, KDU_NAMESPACE, KDU_OPERATION, KDU_OUTCOME, KDU_RELEASE
 from kduflow.client import (
     ClusterNotFound,
     KduflowClient,
@@ -364,28 +365,87 @@ async def test_client_release_lifecycle(world: World, kdu: KduflowClient):
     assert (await kdu.status(c, rel)).status == "absent"
 
 
-async def test_client_handles_cancel_and_attach_by_op_id(world: World, kdu: KduflowClient):
+async def _eventually(check: Any, what: str, timeout: float = 30) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def test_client_handles_operation_query_cancel_and_attach_by_op_id(world: World, kdu: KduflowClient):
     c, ns, rel = world.cluster_uuid, "cli-cancel", f"cancel-{world.dialect}"
     op = uuid.uuid4().hex
-    handle = await kdu.start_install(
-        c, f"{REPO_NAME}/webapp:0.1.0", rel, timeout=120, params={"ready": False}, namespace=ns, op_id=op
-    )
+    model = f"{REPO_NAME}/webapp:0.1.0"
+    never = {"ready": False}
+    handle = await kdu.start_install(c, model, rel, timeout=120, params=never, namespace=ns, op_id=op)
     assert handle.id == f"kdu/{c}/{ns}/{rel}/install/{op}"
-    same = await kdu.start_install(
-        c, f"{REPO_NAME}/webapp:0.1.0", rel, timeout=120, params={"ready": False}, namespace=ns, op_id=op
-    )
+    same = await kdu.start_install(c, model, rel, timeout=120, params=never, namespace=ns, op_id=op)
     assert same.run_id == handle.run_id
-    # Wait until helm runs (the release exists), then cancel: helm is stopped, the workflow cancelled.
-    for _ in range(200):
-        if world.cluster.get("deployments", ns, f"{rel}-webapp") is not None:
-            break
-        await asyncio.sleep(0.1)
+
+    async def running() -> Any:
+        state = await handle.operation()
+        return state if state.phase == "running" else None
+
+    # The operation query: helm is running (pods never get ready), the release is known.
+    state = await _eventually(running, "running")
+    assert (state.operation, state.cluster_uuid, state.kdu_instance) == ("install", c, rel)
+    assert state.namespace == ns
+    assert state.lock_holder is None and state.queue_position == 0
+    assert state.details.startswith(f"install {ns}/{rel} on {c}: running")
+    # A second operation on the release queues behind the install: its query names the holder.
+    upgrade = await kdu.start_upgrade(c, rel, namespace=ns, params={"ready": True}, timeout=60)
+
+    async def queued() -> Any:
+        state = await upgrade.operation()
+        return state if state.phase == "waiting-for-lock" else None
+
+    waiting = await _eventually(queued, "queued")
+    assert waiting.lock_holder is not None and waiting.lock_holder.workflow_id == handle.id
+    assert waiting.lock_holder.operation == "install" and waiting.queue_position == 1
+    assert "waiting for the lock held by install" in waiting.details
+    await upgrade.cancel()
+    with pytest.raises(OperationCancelled):
+        await upgrade.result()
     await handle.cancel()
     with pytest.raises(OperationCancelled):
         await handle.result()
     with pytest.raises(OperationCancelled):
         await kdu.get_handle(handle.id, KduResult).result()
+    final = await handle.operation()  # a closed workflow still answers queries
+    assert final.phase == "cancelled"
+    attrs = (await handle.workflow_handle.describe()).typed_search_attributes
+    assert attrs.get(KDU_OUTCOME) == "cancelled"
     await kdu.uninstall(c, rel, namespace=ns)
+
+
+async def test_workflows_upsert_what_only_they_know(world: World, kdu: KduflowClient):
+    c, ns = world.cluster_uuid, "cli-upsert"
+    generated = await kdu.start_install(c, f"{REPO_NAME}/webapp", namespace=ns, timeout=60)
+    result = await generated.result()
+    attrs = (await generated.workflow_handle.describe()).typed_search_attributes
+    # The generated name and the outcome were upserted; the client set cluster and operation.
+    assert (attrs.get(KDU_RELEASE), attrs.get(KDU_NAMESPACE)) == (result.kdu_instance, ns)
+    assert (attrs.get(KDU_CLUSTER), attrs.get(KDU_OPERATION)) == (c, "install")
+    assert attrs.get(KDU_OUTCOME) == "succeeded"
+    assert (await generated.operation()).phase == "completed"
+    # Namespace omitted: the upgrade resolves it and upserts it; a failed upgrade is rolled back.
+    failing = await kdu.start_upgrade(c, result.kdu_instance, params={"ready": False}, timeout=4)
+    with pytest.raises(UpgradeRolledBack):
+        await failing.result()
+    attrs = (await failing.workflow_handle.describe()).typed_search_attributes
+    assert (attrs.get(KDU_NAMESPACE), attrs.get(KDU_OUTCOME)) == (ns, "rolled-back")
+    state = await failing.operation()
+    assert state.phase == "rolled-back" and state.last_error.startswith("UpgradeRolledBack: ")
+    missing = await kdu.start_rollback(c, "nothing-here", namespace=ns)
+    with pytest.raises(ReleaseNotFound):
+        await missing.result()
+    attrs = (await missing.workflow_handle.describe()).typed_search_attributes
+    assert attrs.get(KDU_OUTCOME) == "failed"
+    await kdu.uninstall(c, result.kdu_instance)
 
 
 async def test_client_cluster_and_repository_operations(world: World, kdu: KduflowClient):

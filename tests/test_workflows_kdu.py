@@ -620,7 +620,7 @@ def test_kdu_workflows_are_exported_under_their_class_names():
 
     names = [_Definition.must_from_class(wf).name for wf in KDU_WORKFLOWS]
     assert names == [wf.__name__ for wf in KDU_WORKFLOWS]
-    assert len(set(names)) == 11
+    assert len(set(names)) == 13
 
 
 async def test_every_mutating_workflow_accepts_an_omitted_namespace_and_resolves_it(kdu, cluster):
