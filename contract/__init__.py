@@ -7,6 +7,7 @@
 * :mod:`contract.validation`: the pure input checks every workflow runs first (and a client may run
   before it starts one); :class:`~contract.validation.InvalidInputError`.
 * :mod:`contract.errors`: the ``ApplicationError.type`` names callers see, and which are retryable.
+* :mod:`contract.search`: the typed search attributes (``KduCluster``, ``KduRelease``, ...).
 
 No I/O, and no import of ``activities``, ``workflows``, ``kduflow`` or ``sandbox`` (a test checks
 both): workflows import it inside ``workflow.unsafe.imports_passed_through()``, and a client needs

@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from contract.search import dev_server_args
+
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("kduflow.devserver")
 #: Networks a development worker lets cluster servers (and allowlisted chart URLs) resolve into.
@@ -62,7 +64,8 @@ def dev_server(
     argv = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port)]
     if persist:
         argv += ["--db-filename", str(state_dir / "temporal.db")]
-    argv += ["--log-level", "warn"]
+    # kduflow's search attributes (KduCluster, KduRelease, ...): `temporal workflow list --query`.
+    argv += ["--log-level", "warn", *dev_server_args()]
     argv += ["--ui-port", str(ui_port)] if ui_port else ["--headless"]
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

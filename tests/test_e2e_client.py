@@ -10,10 +10,12 @@ k8srepos and a second repository behind basic auth that is not registered (RepoA
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -44,10 +46,20 @@ from contract.models import (
     ScaleCountResult,
     ServiceResult,
 )
+from contract.search import KDU_CLUSTER, KDU_NAMESPACE, KDU_OPERATION, KDU_OUTCOME, KDU_RELEASE
+from kduflow.client import (
+    ClusterNotFound,
+    KduflowClient,
+    OperationCancelled,
+    ReleaseNotFound,
+    ReplicaKeyNotFound,
+    UpgradeRolledBack,
+    UrlNotAllowed,
+)
 from kduflow.config import Settings
 from kduflow.plugin import KduflowPlugin
 from sandbox import SandboxCluster
-from tests.conftest import helm_tools
+from tests.conftest import ROOT, helm_tools, temporal_cli
 from tests.support.charts import (
     ChartRepoServer,
     chart_repo_factory,  # noqa: F401  (fixture)
@@ -282,3 +294,230 @@ async def test_repo_add_refusals_leave_nothing_registered(world: World):
     assert name not in listed_names and "metadata" not in listed_names
     assert len(await world.store.find("k8srepos", {"name": "metadata"})) == 0
     assert len(await world.store.find("k8srepos", {})) <= before + 1  # at most the undone registration
+
+
+# ------------------------------------------------------------------------------------------------
+# The client (kduflow/client.py): every method against the real worker.
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def kdu(world: World) -> KduflowClient:
+    # Its own connection, without kduflow's plugin: the client brings the converter and the key.
+    return await KduflowClient.connect(
+        world.client.service_client.config.target_host,
+        namespace=world.client.namespace,
+        task_queue=world.task_queue,
+        secret_key=world.secret_key,
+    )
+
+
+async def _new_nsr(world: World) -> dict[str, Any]:
+    nsr_id = f"nsr-{uuid.uuid4()}"
+    deployed = {"deployed": {"K8s": [{"kdu-name": "k"}]}}
+    await world.store.insert_one("nsrs", {"_id": nsr_id, "_admin": deployed})
+    return {"collection": "nsrs", "filter": {"_id": nsr_id}, "path": "_admin.deployed.K8s.0"}
+
+
+async def test_client_release_lifecycle(world: World, kdu: KduflowClient):
+    c, ns, rel = world.cluster_uuid, "cli", f"cli-{world.dialect}"
+    db = await _new_nsr(world)
+    model = f"{REPO_NAME}/webapp:0.1.0"
+    res = await kdu.install(c, model, rel, timeout=60, params={"replicaCount": 1}, db_dict=db, namespace=ns)
+    assert (res.kdu_instance, res.namespace, res.revision, res.status) == (rel, ns, 1, "deployed")
+    doc = await world.store.find_one("nsrs", {"_id": db["filter"]["_id"]})
+    assert doc["_admin"]["deployed"]["K8s"][0]["operation"] == "install"
+
+    status = await kdu.status(c, rel)  # namespace looked up
+    assert status.namespace == ns and status.ready is True
+    (svc,) = (await kdu.services(c, rel, ns)).services
+    one = await kdu.service(c, svc.name, ns)
+    assert one is not None and one.cluster_ip == svc.cluster_ip
+    assert await kdu.service(c, "not-there", ns) is None
+    assert (await kdu.values(c, rel)).values == {"replicaCount": 1}
+    assert (await kdu.values(c, rel, ns, True)).values["replicaCount"] == 1
+    assert (rel, ns) in {(r.name, r.namespace) for r in (await kdu.instances(c)).releases}
+    assert (await kdu.get_scale_count("", rel, c, model)).count == 1
+
+    scaled = await kdu.scale(rel, 2, "", 60, c, model, db_dict=db)
+    assert (scaled.replica_key, scaled.revision) == ("replicaCount", 2)
+    assert world.cluster.get("deployments", ns, f"{rel}-webapp")["spec"]["replicas"] == 2
+    assert (await kdu.get_scale_count("", rel, c)).count == 2
+
+    up = await kdu.upgrade(c, rel, f"{REPO_NAME}/webapp", timeout=60, version="0.2.0")
+    assert (up.revision, up.chart) == (3, "webapp-0.2.0")
+    with pytest.raises(UpgradeRolledBack) as rolled:
+        await kdu.upgrade(c, rel, params={"ready": False}, timeout=4, db_dict=db)
+    assert rolled.value.detail["failed_revision"] == 4 and rolled.value.detail["restored_revision"] == 3
+    assert rolled.value.workflow_id.startswith(f"kdu/{c}/-/{rel}/upgrade/")
+    assert isinstance(rolled.value.__cause__, WorkflowFailureError)
+    back = await kdu.rollback(c, rel, 1, timeout=60)
+    assert (back.restored_revision, back.chart) == (1, "webapp-0.1.0")
+
+    with pytest.raises(ReleaseNotFound):
+        await kdu.values(c, "nothing-here", ns)
+    with pytest.raises(ReplicaKeyNotFound):
+        await kdu.get_scale_count("cache", rel, c)
+    inspected = await kdu.inspect(f"{REPO_NAME}/webapp", cluster_uuid=c, version="0.2.0")
+    assert inspected.chart["version"] == "0.2.0" and "replicaCount" in inspected.values
+    gone = await kdu.uninstall(c, rel)
+    assert gone.status == "absent" and gone.namespace == ns
+    assert (await kdu.status(c, rel)).status == "absent"
+
+
+async def _eventually(check: Any, what: str, timeout: float = 30) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def test_client_handles_operation_query_cancel_and_attach_by_op_id(world: World, kdu: KduflowClient):
+    c, ns, rel = world.cluster_uuid, "cli-cancel", f"cancel-{world.dialect}"
+    op = uuid.uuid4().hex
+    model = f"{REPO_NAME}/webapp:0.1.0"
+    never = {"ready": False}
+    handle = await kdu.start_install(c, model, rel, timeout=120, params=never, namespace=ns, op_id=op)
+    assert handle.id == f"kdu/{c}/{ns}/{rel}/install/{op}"
+    same = await kdu.start_install(c, model, rel, timeout=120, params=never, namespace=ns, op_id=op)
+    assert same.run_id == handle.run_id
+
+    async def running() -> Any:
+        state = await handle.operation()
+        return state if state.phase == "running" else None
+
+    # The operation query: helm is running (pods never get ready), the release is known.
+    state = await _eventually(running, "running")
+    assert (state.operation, state.cluster_uuid, state.kdu_instance) == ("install", c, rel)
+    assert state.namespace == ns
+    assert state.lock_holder is None and state.queue_position == 0
+    assert state.details.startswith(f"install {ns}/{rel} on {c}: running")
+    # A second operation on the release queues behind the install: its query names the holder.
+    upgrade = await kdu.start_upgrade(c, rel, namespace=ns, params={"ready": True}, timeout=60)
+
+    async def queued() -> Any:
+        state = await upgrade.operation()
+        return state if state.phase == "waiting-for-lock" else None
+
+    waiting = await _eventually(queued, "queued")
+    assert waiting.lock_holder is not None and waiting.lock_holder.workflow_id == handle.id
+    assert waiting.lock_holder.operation == "install" and waiting.queue_position == 1
+    assert "waiting for the lock held by install" in waiting.details
+    await upgrade.cancel()
+    with pytest.raises(OperationCancelled):
+        await upgrade.result()
+    await handle.cancel()
+    with pytest.raises(OperationCancelled):
+        await handle.result()
+    with pytest.raises(OperationCancelled):
+        await kdu.get_handle(handle.id, KduResult).result()
+    final = await handle.operation()  # a closed workflow still answers queries
+    assert final.phase == "cancelled"
+    attrs = (await handle.workflow_handle.describe()).typed_search_attributes
+    assert attrs.get(KDU_OUTCOME) == "cancelled"
+    await kdu.uninstall(c, rel, namespace=ns)
+
+
+async def test_workflows_upsert_what_only_they_know(world: World, kdu: KduflowClient):
+    c, ns = world.cluster_uuid, "cli-upsert"
+    generated = await kdu.start_install(c, f"{REPO_NAME}/webapp", namespace=ns, timeout=60)
+    result = await generated.result()
+    attrs = (await generated.workflow_handle.describe()).typed_search_attributes
+    # The generated name and the outcome were upserted; the client set cluster and operation.
+    assert (attrs.get(KDU_RELEASE), attrs.get(KDU_NAMESPACE)) == (result.kdu_instance, ns)
+    assert (attrs.get(KDU_CLUSTER), attrs.get(KDU_OPERATION)) == (c, "install")
+    assert attrs.get(KDU_OUTCOME) == "succeeded"
+    assert (await generated.operation()).phase == "completed"
+    # Namespace omitted: the upgrade resolves it and upserts it; a failed upgrade is rolled back.
+    failing = await kdu.start_upgrade(c, result.kdu_instance, params={"ready": False}, timeout=4)
+    with pytest.raises(UpgradeRolledBack):
+        await failing.result()
+    attrs = (await failing.workflow_handle.describe()).typed_search_attributes
+    assert (attrs.get(KDU_NAMESPACE), attrs.get(KDU_OUTCOME)) == (ns, "rolled-back")
+    state = await failing.operation()
+    assert state.phase == "rolled-back" and state.last_error.startswith("UpgradeRolledBack: ")
+    missing = await kdu.start_rollback(c, "nothing-here", namespace=ns)
+    with pytest.raises(ReleaseNotFound):
+        await missing.result()
+    attrs = (await missing.workflow_handle.describe()).typed_search_attributes
+    assert attrs.get(KDU_OUTCOME) == "failed"
+    await kdu.uninstall(c, result.kdu_instance)
+
+
+async def test_client_cluster_and_repository_operations(world: World, kdu: KduflowClient):
+    other = f"second-{world.dialect}"
+    init = await kdu.init_cluster(world.cluster.kubeconfig(), "second-system", cluster_uuid=other)
+    assert (init.cluster_uuid, init.installed_sw) == (other, False)
+    assert init.namespace_created and init.schedule_id
+    synced = await kdu.sync_repos(other)
+    assert (synced.added, synced.deleted, synced.failed) == ({}, [], {})
+    name = "client-private"
+    url = world.private_repo.url
+    added = await kdu.repo_add(other, name, url, user=PRIVATE_USER, password=PRIVATE_PASSWORD)
+    assert added.name == name
+    assert name in {r.name for r in (await kdu.repo_list(other)).repos}
+    # The repository is the cluster's now: SyncRepos keeps it.
+    assert (await kdu.sync_repos(other)).deleted == []
+    removed = await kdu.repo_remove(other, name)
+    assert removed.existed and removed.repo_id == added.repo_id
+    assert name not in {r.name for r in (await kdu.repo_list(other)).repos}
+    with pytest.raises(UrlNotAllowed):
+        await kdu.repo_add(other, "meta", "http://169.254.169.254/")
+    assert await kdu.reset_cluster(other, force=True, uninstall_sw=True) is True
+    with pytest.raises(ClusterNotFound):
+        await kdu.repo_list(other)
+
+
+async def test_temporal_cli_finds_operations_by_search_attribute(world: World, kdu: KduflowClient):
+    c, ns, rel = world.cluster_uuid, "cli-find", f"find-{world.dialect}"
+    installed = await kdu.start_install(c, f"{REPO_NAME}/webapp:0.1.0", rel, timeout=60, namespace=ns)
+    await installed.result()
+    removed = await kdu.start_uninstall(c, rel)
+    await removed.result()
+    address = world.client.service_client.config.target_host
+
+    async def listed(query: str) -> set[str]:
+        # The visibility store is eventually consistent: retry for a few seconds.
+        for _ in range(50):
+            proc = subprocess.run(
+                [temporal_cli(), "workflow", "list", "--address", address, "--query", query, "-o", "json"],
+                capture_output=True, text=True, timeout=30, check=True,
+            )  # fmt: skip
+            out = proc.stdout.strip()
+            rows = json.loads(out) if out.startswith("[") else [json.loads(x) for x in out.splitlines() if x]
+            ids = {row["execution"]["workflowId"] for row in rows}
+            if ids:
+                return ids
+            await asyncio.sleep(0.2)
+        return set()
+
+    assert await listed(f'KduRelease="{rel}"') >= {installed.id, removed.id}
+    assert await listed(f'KduRelease="{rel}" AND KduOperation="uninstall"') == {removed.id}
+    assert installed.id in await listed(f'KduCluster="{c}" AND KduNamespace="{ns}"')
+
+
+def _shim_source() -> str:
+    text = (ROOT / "docs" / "CLIENT.md").read_text(encoding="utf-8")
+    block = text.split("<!-- n2vc-shim -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_n2vc_shim_of_the_docs_drives_the_client(world: World, kdu: KduflowClient):
+    scope: dict[str, Any] = {}
+    exec(compile(_shim_source(), "docs/CLIENT.md", "exec"), scope)  # noqa: S102 - the documented shim
+    conn = scope["KduflowHelmConnector"](kdu)
+    c, ns, rel = world.cluster_uuid, "shim", f"shim-{world.dialect}"
+    assert await conn.install(c, f"{REPO_NAME}/webapp:0.1.0", rel, timeout=60, namespace=ns) is True
+    assert await conn.get_scale_count("", rel, c, f"{REPO_NAME}/webapp") == 1
+    assert (await conn.get_instance_info(c, rel))["namespace"] == ns
+    assert (await conn.status_kdu(c, rel))["status"] == "deployed"
+    assert [s["name"] for s in await conn.get_services(c, rel, ns)] == [f"{rel}-webapp"]
+    assert (await conn.get_service(c, f"{rel}-webapp", ns))["type"] == "ClusterIP"
+    assert await conn.upgrade(c, rel, params={"replicaCount": 2}, timeout=60) == 2
+    assert await conn.rollback(c, rel, 1) == 3
+    assert {"name": REPO_NAME, "url": world.repo.url} in await conn.repo_list(c)
+    assert await conn.uninstall(c, rel) is True

@@ -80,7 +80,15 @@ with workflow.unsafe.imports_passed_through():
         validate_sync_interval,
     )
 
-from workflows.common import NON_RETRYABLE_ERROR_TYPES, call_read, failure_error, is_workflow_cancellation
+from workflows.common import (
+    NON_RETRYABLE_ERROR_TYPES,
+    Tracked,
+    begin,
+    call_read,
+    failure_error,
+    finish,
+    is_workflow_cancellation,
+)
 from workflows.decoding import decode_input
 from workflows.lock import LockClient, release_lock
 
@@ -156,7 +164,7 @@ def repos_lock_ref(cluster_uuid: str) -> ReleaseRef:
 
 
 @workflow.defn(name="InitCluster")
-class InitCluster:
+class InitCluster(Tracked):
     """Register a cluster: store its kubeconfig (when given), check the API server answers, create the
     namespace, add the stable repository (if the worker has one configured), start the SyncRepos
     schedule, run a first SyncRepos, and record ``_admin.helm-chart-v3``.
@@ -171,6 +179,9 @@ class InitCluster:
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> InitClusterResult:
+        return await finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> InitClusterResult:
         inp = decode_input(InitClusterInput, raw, extra)
         validate_cluster_uuid(inp.cluster_uuid, allow_empty=True)
         validate_cluster_uuid(inp.reuse_cluster_uuid, "reuse_cluster_uuid", allow_empty=True)
@@ -185,6 +196,7 @@ class InitCluster:
         validate_sync_interval(inp.sync_interval_s)
         cluster_uuid = inp.reuse_cluster_uuid or inp.cluster_uuid or str(workflow.uuid4())
         result = InitClusterResult(cluster_uuid=cluster_uuid, installed_sw=False)
+        begin("init-cluster", cluster_uuid)
         ref = ClusterRef(cluster_uuid)
         if inp.k8s_creds:
             workflow.logger.warning(
@@ -249,7 +261,7 @@ class InitCluster:
 
 
 @workflow.defn(name="ResetCluster")
-class ResetCluster:
+class ResetCluster(Tracked):
     """N2VC ``reset``: stop the SyncRepos schedule (its running syncs are asked to cancel); with
     ``uninstall_sw`` list every release (pending ones too) and uninstall them only when ``force``
     (otherwise keep them and warn); then record the outcome, and remove the local environment and the
@@ -269,10 +281,14 @@ class ResetCluster:
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> bool:
+        return await finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> bool:
         inp = decode_input(ResetClusterInput, raw, extra)
         cluster_uuid = validate_cluster_uuid(inp.cluster_uuid)
         force = validate_bool(inp.force, "force")
         uninstall_sw = validate_bool(inp.uninstall_sw, "uninstall_sw")
+        begin("reset-cluster", cluster_uuid)
         ref = ClusterRef(cluster_uuid)
         await _call("delete_schedule", ref, ScheduleResult)
         record = ResetRecord(
@@ -378,7 +394,7 @@ class ResetCluster:
 
 
 @workflow.defn(name="SyncRepos")
-class SyncRepos(LockClient):
+class SyncRepos(Tracked, LockClient):
     """Make the cluster's repositories what ``_admin.helm_chart_repos`` says: remove what is no longer
     wanted or changed (URL, name, credentials), then add what is missing or changed. One failing
     repository is reported in ``failed`` and does not stop the others; ids in the cluster's list without
@@ -391,8 +407,12 @@ class SyncRepos(LockClient):
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> SyncReposResult:
+        return await finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> SyncReposResult:
         inp = decode_input(SyncReposInput, raw, extra)
         cluster_uuid = validate_cluster_uuid(inp.cluster_uuid)
+        begin("sync-repos", cluster_uuid)
         if not workflow.patched(PATCH_SYNC_LOCK):
             return await self._sync(cluster_uuid)
         async with release_lock(repos_lock_ref(cluster_uuid), "sync-repos"):
@@ -461,7 +481,7 @@ async def _call_or_fail(name: str, arg: Any, result_type: type, context: str, **
 
 
 @workflow.defn(name="RepoAdd")
-class RepoAdd(LockClient):
+class RepoAdd(Tracked, LockClient):
     """N2VC ``repo_add`` on one cluster, made durable the way OSM does it: the repository is
     registered (a ``k8srepos`` document, its id in ``_admin.helm_chart_repos``), then added to the
     cluster's helm configuration; later SyncRepos keep it. Holds the cluster's repository lock, like
@@ -476,9 +496,13 @@ class RepoAdd(LockClient):
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> RepoAddResult:
+        return await finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> RepoAddResult:
         inp = decode_input(RepoAddInput, raw, extra)
         validate_repo_add(inp)
         what = f"adding repository {inp.name} to cluster {inp.cluster_uuid}"
+        begin("repo-add", inp.cluster_uuid)
         async with release_lock(repos_lock_ref(inp.cluster_uuid), "repo-add"):
             registered: RegisterRepoResult = await _call_or_fail(
                 "repo_register",
@@ -518,7 +542,7 @@ class RepoList:
 
 
 @workflow.defn(name="RepoRemove")
-class RepoRemove(LockClient):
+class RepoRemove(Tracked, LockClient):
     """N2VC ``repo_remove``: take the repository called ``name`` off the cluster's list
     (``_admin.helm_chart_repos``, so SyncRepos does not add it back) and out of its helm
     configuration, under the cluster's repository lock. The ``k8srepos`` document stays (other
@@ -526,9 +550,13 @@ class RepoRemove(LockClient):
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> RepoRemoveResult:
+        return await finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> RepoRemoveResult:
         inp = decode_input(RepoRemoveInput, raw, extra)
         validate_repo_remove(inp)
         what = f"removing repository {inp.name} from cluster {inp.cluster_uuid}"
+        begin("repo-remove", inp.cluster_uuid)
         async with release_lock(repos_lock_ref(inp.cluster_uuid), "repo-remove"):
             unregistered: UnregisterRepoResult = await _call_or_fail(
                 "repo_unregister", UnregisterRepoInput(inp.cluster_uuid, inp.name), UnregisterRepoResult, what

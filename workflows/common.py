@@ -39,12 +39,16 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from contract import search
     from contract.errors import NON_RETRYABLE_TYPES
     from contract.models import (
         ACTIVITY_NAMES,
         DbDict,
+        KduResult,
         ListReleasesInput,
         ListReleasesResult,
+        LockHolder,
+        OperationState,
         PreflightInput,
         ReleaseSummary,
     )
@@ -327,3 +331,131 @@ async def resolve_namespace(cluster_uuid: str, name: str, namespace: str) -> str
             "namespace", f"release {name} exists in namespaces {', '.join(found)}: name one"
         )
     return found[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# The ``operation`` query and the search attributes of mutating workflows
+# ------------------------------------------------------------------------------------------------
+
+#: ``workflow.patched`` id: workflows upsert kduflow's search attributes (release, namespace,
+#: outcome). Only runs whose start carried kduflow's attributes ever ask, so runs recorded before
+#: (started without them) replay unchanged.
+PATCH_SEARCH_ATTRIBUTES = "search-attributes-v1"
+#: Name of the query every mutating workflow answers (``OperationState``).
+OPERATION_QUERY = "operation"
+_MAX_DETAIL_ERROR = 300
+
+
+class Tracked:
+    """Mixin of the mutating workflows: keeps an :class:`OperationState` and answers the
+    ``operation`` query with it. Queries are read-only: no command, no ``workflow.patched``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._operation_state = OperationState()
+
+    @workflow.query(name=OPERATION_QUERY)
+    def operation(self) -> OperationState:
+        return self._operation_state
+
+
+def _state() -> OperationState | None:
+    state = getattr(workflow.instance(), "_operation_state", None)
+    return state if isinstance(state, OperationState) else None
+
+
+def _describe(state: OperationState, note: str) -> str:
+    what = state.operation or workflow.info().workflow_type
+    target = "/".join(p for p in (state.namespace, state.kdu_instance) if p) or state.cluster_uuid
+    text = f"{what} {target} on {state.cluster_uuid}: {state.phase}" if target else f"{what}: {state.phase}"
+    if state.revision:
+        text += f", revision {state.revision}"
+    if state.ready is not None:
+        text += ", ready" if state.ready else ", not ready"
+    if state.lock_holder is not None:
+        holder = state.lock_holder
+        who = holder.operation or holder.workflow_type or "an operation"
+        text += f", waiting for the lock held by {who} (workflow {holder.workflow_id})"
+        if state.queue_position:
+            text += f", position {state.queue_position}"
+    if note:
+        text += f" ({note})"
+    if state.last_error:
+        text += f"; last error: {state.last_error[:_MAX_DETAIL_ERROR]}"
+    return text
+
+
+def track(note: str = "", **changes: Any) -> None:
+    """Update the workflow's :class:`OperationState` (when it keeps one) and the Web UI's current
+    details. ``note`` (e.g. the activity running) goes into the details only."""
+    state = _state()
+    if state is None:
+        return
+    for name, value in changes.items():
+        setattr(state, name, value)
+    state.details = _describe(state, note)
+    workflow.set_current_details(state.details)
+
+
+def _search_enabled() -> bool:
+    # The client set KduOperation at start: the namespace has kduflow's attributes registered.
+    if workflow.info().typed_search_attributes.get(search.KDU_OPERATION) is None:
+        return False
+    return workflow.patched(PATCH_SEARCH_ATTRIBUTES)
+
+
+def upsert_search(*, release: str = "", namespace: str = "", outcome: str = "") -> None:
+    """Upsert what the starter could not know: a generated release name, a looked-up namespace, the
+    outcome. Nothing unless the start carried kduflow's search attributes."""
+    if not _search_enabled():
+        return
+    current = workflow.info().typed_search_attributes
+    updates = [
+        key.value_set(value)
+        for key, value in (
+            (search.KDU_RELEASE, release), (search.KDU_NAMESPACE, namespace), (search.KDU_OUTCOME, outcome)
+        )
+        if value and current.get(key) != value
+    ]  # fmt: skip
+    if updates:
+        workflow.upsert_search_attributes(updates)
+
+
+def begin(operation: str, cluster_uuid: str, kdu_instance: str = "", namespace: str = "") -> None:
+    """The operation's target is known (release name generated, namespace resolved)."""
+    track(
+        operation=operation, cluster_uuid=cluster_uuid, kdu_instance=kdu_instance, namespace=namespace,
+        phase="observing",
+    )  # fmt: skip
+    upsert_search(release=kdu_instance, namespace=namespace)
+
+
+def waiting_for_lock(holder: LockHolder | None, position: int) -> None:
+    track(phase="waiting-for-lock", lock_holder=holder, queue_position=position)
+
+
+def lock_granted() -> None:
+    track(phase="observing", lock_holder=None, queue_position=0)
+
+
+async def finish(body: Awaitable[T]) -> T:
+    """Run a mutating workflow's body; record its outcome in the query state, the current details
+    and (with search attributes) ``KduOutcome``, then return or re-raise unchanged."""
+    try:
+        result = await body
+    except BaseException as err:
+        if is_cancelled_exception(err):
+            track(phase="cancelled")
+            upsert_search(outcome=search.OUTCOME_CANCELLED)
+        else:
+            etype, message, _ = describe_failure(err)
+            rolled_back = etype == "UpgradeRolledBack"
+            track(phase="rolled-back" if rolled_back else "failed", last_error=f"{etype}: {message}")
+            upsert_search(outcome=search.OUTCOME_ROLLED_BACK if rolled_back else search.OUTCOME_FAILED)
+        raise
+    if isinstance(result, KduResult):
+        track(phase="completed", revision=result.revision, ready=result.ready)
+    else:
+        track(phase="completed")
+    upsert_search(outcome=search.OUTCOME_SUCCEEDED)
+    return result

@@ -109,7 +109,9 @@ async def _history(ref: ReleaseRef) -> list[RevisionInfo]:
         ACTIVITY_NAMES["history"], ref, HistoryResult, f"reading the history of {_ref_text(ref)}",
         local=workflow.patched(PATCH_HISTORY_LOCAL),
     )  # fmt: skip
-    return sorted(result.entries, key=lambda e: e.revision)
+    entries = sorted(result.entries, key=lambda e: e.revision)
+    common.track(revision=entries[-1].revision if entries else 0)
+    return entries
 
 
 def _last_deployed(entries: list[RevisionInfo], below: int | None = None) -> RevisionInfo | None:
@@ -195,7 +197,7 @@ async def _run_with_status(
             seq_base=int(workflow.now().timestamp() * 1000),
             final_phase=final_phase,
         )
-        workflow.set_current_details(f"{operation}: {activity} running on {_ref_text(ref)}")
+        common.track(note=f"{activity} running", phase="running")
         return await workflow.execute_activity(
             activity, arg, result_type=result_type, **common.helm_options(timeout)
         )
@@ -219,7 +221,7 @@ async def _run_with_status(
             ),
             **common.poller_options(timeout),
         )
-    workflow.set_current_details(f"{operation}: {activity} running on {_ref_text(ref)}")
+    common.track(note=f"{activity} running", phase="running")
     try:
         return await workflow.execute_activity(
             activity, arg, result_type=result_type, **common.helm_options(timeout)
@@ -239,6 +241,7 @@ async def _final_status(
     """
     if db_dict is None:
         return None
+    common.track(phase="writing-status", last_error=error)
     # Written on success, failure and cancellation alike: N2VC wrote nothing after an atomic
     # install failure, leaving OSM with whatever the last poll had seen.
     try:
@@ -347,6 +350,7 @@ async def _rollback_to(plan: _UpgradePlan, target: int, step: str, *, helm_exite
     pending is not waited for. An activity that timed out may have left helm running: then the
     rollback waits for it like for anyone's pending revision. Only the activity input changes with
     this flag, not the command sequence: no ``workflow.patched`` is needed."""
+    common.track(phase="rolling-back", note=f"to revision {target}")
     return await _run_with_status(
         ACTIVITY_NAMES["rollback"],
         HelmRollbackInput(
@@ -514,11 +518,14 @@ async def _guarded_upgrade(plan: _UpgradePlan) -> tuple[ReleaseInfo, KduStatusRe
 
 
 @workflow.defn(name="InstallKdu")
-class InstallKdu(LockClient):
+class InstallKdu(common.Tracked, LockClient):
     """Install a chart as a new release (N2VC ``install``), generating the name if none is given."""
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> KduResult:
+        return await common.finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns the installed release (with the generated ``kdu_instance``).
 
         Raises non-retryable ``InvalidInput``, ``ReleaseNameInUse`` (no free generated name), or the
@@ -535,6 +542,7 @@ class InstallKdu(LockClient):
         # the same release, and a replay regenerates the same name from workflow.random().
         name = inp.kdu_instance or await _generate_unused_name(inp.cluster_uuid, inp.kdu_model)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=name, namespace=namespace)
+        common.begin("install", inp.cluster_uuid, name, namespace)
         helm_input = HelmInstallInput(
             ref=ref,
             chart=chart.chart,
@@ -592,11 +600,14 @@ def _install_leftover(error_type: str, atomic: bool) -> str:
 
 
 @workflow.defn(name="UpgradeKdu")
-class UpgradeKdu(LockClient):
+class UpgradeKdu(common.Tracked, LockClient):
     """Upgrade a release; on failure roll back to the recorded last deployed revision (atomic)."""
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> KduResult:
+        return await common.finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns the upgraded release. Raises non-retryable ``InvalidInput``, ``ReleaseNotFound``,
         ``OperationInProgress``, ``UpgradeRolledBack`` (details: failed_revision, restored_revision),
         ``UpgradeFailed`` (atomic=false; the failed revision stays), ``RollbackFailed``
@@ -608,6 +619,7 @@ class UpgradeKdu(LockClient):
         await common.preflight(db_dict, inp.kdu_model, inp.version)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
+        common.begin("upgrade", ref.cluster_uuid, ref.kdu_instance, ref.namespace)
         helm_input = HelmUpgradeInput(
             ref=ref,
             chart=chart.chart if chart else "",
@@ -630,11 +642,14 @@ class UpgradeKdu(LockClient):
 
 
 @workflow.defn(name="RollbackKdu")
-class RollbackKdu(LockClient):
+class RollbackKdu(common.Tracked, LockClient):
     """Roll a release back to an explicit revision (0 = last deployed before the current one)."""
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> KduResult:
+        return await common.finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns the release after the rollback; ``restored_revision`` is the revision restored.
 
         Raises non-retryable ``InvalidInput`` (bad input, revision not in history, or no earlier
@@ -646,6 +661,7 @@ class RollbackKdu(LockClient):
         await common.preflight(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
+        common.begin("rollback", ref.cluster_uuid, ref.kdu_instance, ref.namespace)
         async with release_lock(ref, "rollback", wait=inp.wait_for_lock):
             entries = await _history(ref)
             if not entries:
@@ -709,11 +725,14 @@ class RollbackKdu(LockClient):
 
 
 @workflow.defn(name="ScaleKdu")
-class ScaleKdu(LockClient):
+class ScaleKdu(common.Tracked, LockClient):
     """Change the replica key (N2VC's ``replicaCount``/``replicas``) and upgrade with reused values."""
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> KduResult:
+        return await common.finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns the scaled release with ``replica_key`` set. Raises non-retryable ``InvalidInput``,
         ``ReleaseNotFound``, ``ReplicaKeyNotFound``, ``ReplicaKeyAmbiguous``, and the upgrade errors
         of UpgradeKdu (``UpgradeRolledBack``, ``UpgradeFailed``, ``RollbackFailed``, ...).
@@ -724,6 +743,7 @@ class ScaleKdu(LockClient):
         await common.preflight(db_dict)
         namespace = await _require_namespace(inp.cluster_uuid, inp.kdu_instance, inp.namespace)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
+        common.begin("scale", ref.cluster_uuid, ref.kdu_instance, ref.namespace)
         async with release_lock(ref, "scale", wait=inp.wait_for_lock):
             # Values come from the release itself, not from the repository as in N2VC: that also
             # works for OCI/local charts and when the repository is gone or has moved on.
@@ -760,11 +780,14 @@ class ScaleKdu(LockClient):
 
 
 @workflow.defn(name="UninstallKdu")
-class UninstallKdu(LockClient):
+class UninstallKdu(common.Tracked, LockClient):
     """Uninstall a release; an absent release is a success ("release was absent")."""
 
     @workflow.run
     async def run(self, raw: Any = None, *extra: Any) -> KduResult:
+        return await common.finish(self._run(raw, *extra))
+
+    async def _run(self, raw: Any = None, *extra: Any) -> KduResult:
         """Returns status ``absent``; ``message`` says whether it was removed or already absent.
 
         A ``pending-*`` release is uninstalled, not reported absent (N2VC leaked those).
@@ -780,6 +803,7 @@ class UninstallKdu(LockClient):
             # No namespace given and the name exists nowhere: nothing to remove, nowhere to observe.
             return KduResult(kdu_instance=inp.kdu_instance, namespace="", status="absent", message=FMT_ABSENT)
         ref = ReleaseRef(cluster_uuid=inp.cluster_uuid, kdu_instance=inp.kdu_instance, namespace=namespace)
+        common.begin("uninstall", ref.cluster_uuid, ref.kdu_instance, ref.namespace)
         async with release_lock(ref, "uninstall", wait=inp.wait_for_lock):
             # history, not list: N2VC's `helm list` hid pending releases and so "uninstalled" them
             # without deleting anything.

@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from kduflow import metrics
 
+from workflows.common import Tracked, lock_granted, waiting_for_lock
 from workflows.decoding import decode_input
 
 LOCK_WORKFLOW = "ReleaseLock"
@@ -293,16 +294,22 @@ async def release_lock(ref: ReleaseRef, operation: str, *, wait: bool = True) ->
                 type="OperationInProgress",
                 non_retryable=True,
             )
-        workflow.set_current_details(
-            f"waiting for the lock of {ref.kdu_instance}: {describe_holder(answer.holder)} holds it, "
-            f"position {answer.position}"
-        )
+        if isinstance(owner, Tracked):
+            waiting_for_lock(answer.holder, answer.position)
+        else:
+            workflow.set_current_details(
+                f"waiting for the lock of {ref.kdu_instance}: {describe_holder(answer.holder)} holds it, "
+                f"position {answer.position}"
+            )
         try:
             await workflow.wait_condition(lambda: token in owner._kduflow_lock_grants)
         except BaseException:
             await _shielded_release(target, token)
             raise
-        workflow.set_current_details("")
+        if isinstance(owner, Tracked):
+            lock_granted()
+        else:
+            workflow.set_current_details("")
     # A metric, not a command: recorded only outside replay.
     metrics.lock_wait(operation, workflow.now() - requested_at)
     try:

@@ -61,6 +61,7 @@ from activities.models import (
     UpgradeKduInput,
 )
 from activities.store import Store
+from contract.search import dev_server_args
 from kduflow.codec import data_converter
 from kduflow.config import Settings
 from sandbox import SandboxCluster
@@ -182,7 +183,7 @@ class DevServer:
     def start(self) -> None:
         argv = [
             temporal_cli(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(self.port),
-            "--db-filename", str(self.db), "--headless", "--log-level", "warn",
+            "--db-filename", str(self.db), "--headless", "--log-level", "warn", *dev_server_args(),
         ]  # fmt: skip
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
