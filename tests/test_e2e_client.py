@@ -501,14 +501,14 @@ async def test_temporal_cli_finds_operations_by_search_attribute(world: World, k
 
 
 def _shim_source() -> str:
-    text = (ROOT / "docs" / "CLIENT.md").read_text(encoding="utf-8")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text.split("<!-- n2vc-shim -->", 1)[1]
     return block.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 async def test_the_n2vc_shim_of_the_docs_drives_the_client(world: World, kdu: KduflowClient):
     scope: dict[str, Any] = {}
-    exec(compile(_shim_source(), "docs/CLIENT.md", "exec"), scope)  # noqa: S102 - the documented shim
+    exec(compile(_shim_source(), "README.md", "exec"), scope)  # noqa: S102 - the documented shim
     conn = scope["KduflowHelmConnector"](kdu)
     c, ns, rel = world.cluster_uuid, "shim", f"shim-{world.dialect}"
     assert await conn.install(c, f"{REPO_NAME}/webapp:0.1.0", rel, timeout=60, namespace=ns) is True
