@@ -20,6 +20,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from contract.models import (
     ACTIVITY_NAMES,
+    LOCK_RELEASE_SIGNAL,
+    LOCK_WORKFLOW,
     LockAnswer,
     LockReleaseInput,
     LockRequestInput,
@@ -30,12 +32,6 @@ from contract.models import (
 
 #: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
 log = activity.LoggerAdapter(logging.getLogger(__name__), None)
-
-#: The lock workflow's type name (``workflows.lock.LOCK_WORKFLOW``; not imported: activities do not
-#: import workflow modules that import activities).
-LOCK_WORKFLOW = "ReleaseLock"
-#: Its release signal (``workflows.lock.RELEASE_SIGNAL``).
-RELEASE_SIGNAL = "release"
 
 
 class LockActivities:
@@ -80,7 +76,7 @@ class LockActivities:
         gone holds nothing: that is a success too."""
         handle = activity.client().get_workflow_handle(inp.lock_id)
         try:
-            await handle.signal(RELEASE_SIGNAL, inp.token)
+            await handle.signal(LOCK_RELEASE_SIGNAL, inp.token)
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise

@@ -837,13 +837,13 @@ class ReleaseActivities:
         if ReleaseStatus(latest.status).is_pending:
             # Stuck (its helm is gone or it outlived its timeout): restore the last deployed revision
             # first, as helm's own rollback would have.
-            await self._recover_stuck(env, version, ref, before, inp.timeout)
-            before = await self._history(env, version, ref)
+            before = await self._recover_stuck(env, version, ref, before, inp.timeout)
             if not before:
                 raise ReleaseNotFound(
                     f"kdu_instance: release {ref.kdu_instance!r} was stuck pending-install and was removed"
                 )
-        # A crash between a recovery's rollback and its clean-up leaves the old pending revision.
+        # A recovery's rollback (just now, or before a crash) leaves the revision it rolled back from
+        # pending: mark it failed.
         before = await self._fail_stale_pending(env, version, ref, before)
         helm_timeout = self._helm_timeout(inp.timeout)
         argv = helm_cli.build_upgrade_argv(
@@ -872,11 +872,12 @@ class ReleaseActivities:
         ref: ReleaseRef,
         history: list[RevisionInfo],
         timeout: int,
-    ) -> None:
+    ) -> list[RevisionInfo]:
         """Clear a stuck pending revision: pending-install is uninstalled; pending-upgrade and
         pending-rollback are rolled back to the last deployed revision (what helm's own atomic
         rollback would have done). Only called with the release's lock held and once
-        ``_settle_pending`` found no live helm for it."""
+        ``_settle_pending`` found no live helm for it. Returns the history afterwards ([] once
+        uninstalled); the revision rolled back from is still pending in it."""
         latest = history[-1]
         if latest.status in (ReleaseStatus.PENDING_INSTALL.value, ReleaseStatus.UNINSTALLING.value):
             activity.logger.warning(
@@ -884,7 +885,7 @@ class ReleaseActivities:
             )
             await self._uninstall(env, version, ref, self._helm_timeout(timeout), wait=True)
             metrics.stuck_recovered("uninstalled")
-            return
+            return []
         target = _last_deployed(history[:-1])
         if target is None:
             raise OperationInProgress(
@@ -898,7 +899,7 @@ class ReleaseActivities:
         if not res.ok:
             raise await self._failure(env, version, ref, res, history, "rollback")
         metrics.stuck_recovered("rolled_back")
-        await self._fail_stale_pending(env, version, ref, await self._history(env, version, ref))
+        return await self._history(env, version, ref)
 
     async def _current_chart(
         self, env: Mapping[str, str], version: HelmVersion, ref: ReleaseRef, chart_version: str

@@ -689,6 +689,11 @@ class OperationState:
     #: What the Web UI shows as the workflow's current details.
     details: str = ""
 
+#: The per-release lock workflow's type name and its release signal (workflows/lock.py defines the
+#: workflow; activities/lock.py starts it and sends the signal).
+LOCK_WORKFLOW = "ReleaseLock"
+LOCK_RELEASE_SIGNAL = "release"
+
 ACTIVITY_NAMES = {
     # release activities (activities/release.py)
     "list_releases": "kdu.list_releases",  # ListReleasesInput -> ListReleasesResult
@@ -718,6 +723,8 @@ __all__ = [
     "ScaleCountResult",
     "GetScaleCountInput",
     "ACTIVITY_NAMES",
+    "LOCK_RELEASE_SIGNAL",
+    "LOCK_WORKFLOW",
     "DEFAULT_TASK_QUEUE",
     "DbDict",
     "GetValuesInput",

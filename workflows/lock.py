@@ -46,6 +46,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from contract.models import (
         ACTIVITY_NAMES,
+        LOCK_RELEASE_SIGNAL,
+        LOCK_WORKFLOW,
         LockAnswer,
         LockHolder,
         LockReleaseInput,
@@ -61,9 +63,8 @@ with workflow.unsafe.imports_passed_through():
 from workflows.common import Tracked, lock_granted, waiting_for_lock
 from workflows.decoding import decode_input
 
-LOCK_WORKFLOW = "ReleaseLock"
 GRANTED_SIGNAL = "kduflow_lock_granted"
-RELEASE_SIGNAL = "release"
+RELEASE_SIGNAL = LOCK_RELEASE_SIGNAL
 #: ``workflow.patched`` id: operations recorded before the lock existed replay without it.
 PATCH_LOCK = "release-lock-v1"
 #: ``workflow.patched`` id: the lock is requested by a local activity (no activity task round trip
