@@ -36,13 +36,48 @@ NSR = {
 }
 
 
+class Serialized:
+    """A mongomock client, database or collection whose calls run one at a time.
+
+    A MongoDB server applies each single-document update atomically, and pymongo is thread-safe,
+    so the store drives pymongo from several threads. mongomock is neither: its update deep-copies
+    the document while another thread changes it ("dictionary changed size during iteration").
+    One lock around every call gives mongomock the server's guarantee; a cursor is read whole
+    under it.
+    """
+
+    def __init__(self, target: Any, lock: threading.Lock) -> None:
+        self._target = target
+        self._lock = lock
+
+    def __getitem__(self, name: str) -> Serialized:
+        return Serialized(self._target[name], self._lock)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                result = attr(*args, **kwargs)
+                return list(result) if name == "find" else result
+
+        return call
+
+
+def serialized_mongomock() -> Serialized:
+    mongomock = pytest.importorskip("mongomock")
+    return Serialized(mongomock.MongoClient(), threading.Lock())
+
+
 def open_store(backend: str, tmp_path: Path) -> Store:
     if backend == "montydb":
         return Store.open(Settings(state_dir=tmp_path))
-    mongomock = pytest.importorskip("mongomock")
-    # The pymongo code path (MONGO_URI set) with the client swapped through the seam.
-    return Store.open(Settings(state_dir=tmp_path, mongo_uri="mongodb://mongo:27017/"),
-                      client_factory=mongomock.MongoClient)
+    # The pymongo code path (MONGO_URI set, several threads) with the client swapped through the seam.
+    return Store.open(
+        Settings(state_dir=tmp_path, mongo_uri="mongodb://mongo:27017/"), client_factory=serialized_mongomock
+    )
 
 
 @pytest_asyncio.fixture(params=["montydb", "mongomock"])
@@ -335,9 +370,8 @@ async def test_without_the_lock_two_processes_lose_updates(tmp_path: Path) -> No
 
 
 async def test_file_lock_only_on_the_embedded_store(tmp_path: Path) -> None:
-    mongomock = pytest.importorskip("mongomock")
     store = Store.open(Settings(state_dir=tmp_path, mongo_uri="mongodb://mongo:27017/"),
-                       client_factory=mongomock.MongoClient)  # fmt: skip
+                       client_factory=serialized_mongomock)  # fmt: skip
     try:
         await store.insert_one("x", {"_id": 1})
         assert await store.update_one("x", {"_id": 1}, {"$set": {"a": 1}}) == 1
