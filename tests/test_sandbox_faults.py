@@ -111,10 +111,10 @@ def test_filters_limit_faults_to_matching_requests() -> None:
             client.json("POST", "/api/v1/namespaces/default/configmaps", {"metadata": {"name": "y"}})[0]
             == 201
         )
-        c.set_faults(latency=0.2, only="WATCH *")
+        c.set_faults(latency=2.0, only="WATCH *")
         started = time.monotonic()
         assert client.request("GET", "/api/v1/namespaces")[0] == 200
-        assert time.monotonic() - started < 0.2
+        assert time.monotonic() - started < 1.5
 
 
 def test_a_limit_stops_faults_after_that_many() -> None:
