@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import datetime
+import fnmatch
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from temporalio.client import (  # noqa: E402
     WorkflowHistory,
     WorkflowQueryFailedError,
 )
+from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
 from temporalio.exceptions import ApplicationError, FailureError  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
@@ -79,6 +81,7 @@ from activities.models import (  # noqa: E402
     UpgradeKduInput,
 )
 from activities.store import Store  # noqa: E402
+from contract import search  # noqa: E402
 from contract.cluster import (  # noqa: E402  # noqa: E402
     RepoAddInput,
     RepoAddResult,
@@ -141,13 +144,22 @@ class Recorder:
     _started: dict[str, float] = field(default_factory=dict)
 
     async def start(
-        self, workflow: str, case: str, arg: Any, result_type: type | None = None
+        self,
+        workflow: str,
+        case: str,
+        arg: Any,
+        result_type: type | None = None,
+        search_attributes: TypedSearchAttributes | None = None,
     ) -> WorkflowHandle:
-        """Start ``<workflow>-<case>`` (also its workflow id); :meth:`finish` waits for it and keeps it."""
+        """Start ``<workflow>-<case>`` (also its workflow id); :meth:`finish` waits for it and keeps it.
+
+        ``search_attributes``: start with them, as kduflow's client does (the workflows then
+        upsert the release, namespace and outcome)."""
         name = f"{workflow}-{case}"
         self._started[name] = time.monotonic()
+        options: dict[str, Any] = {"search_attributes": search_attributes} if search_attributes else {}
         return await self.client.start_workflow(
-            workflow, arg, id=name, task_queue=TASK_QUEUE, result_type=result_type
+            workflow, arg, id=name, task_queue=TASK_QUEUE, result_type=result_type, **options
         )
 
     async def finish(self, handle: WorkflowHandle, expect: str = "completed", children: bool = True) -> Any:
@@ -185,10 +197,11 @@ class Recorder:
         expect: str = "completed",
         cancel_when_started: str = "",
         children: bool = True,
+        search_attributes: TypedSearchAttributes | None = None,
     ) -> Any:
         """:meth:`start` then :meth:`finish`. With ``cancel_when_started`` (an activity type) the
         workflow is cancelled once that activity has been running for a second."""
-        handle = await self.start(workflow, case, arg, result_type)
+        handle = await self.start(workflow, case, arg, result_type, search_attributes)
         if cancel_when_started:
             await _wait_for_activity(handle, cancel_when_started)
             await asyncio.sleep(1)
@@ -566,6 +579,8 @@ async def scenario(rec: Recorder, store: Store, kubeconfig: str, repo_url: str) 
         expect="InvalidInput",
     )
 
+    await search_attribute_cases(rec)
+
     # Repository synchronisation: one repository added and one unknown id, then both removed again.
     await store.insert_one(
         "k8srepos", {"_id": EXTRA_REPO_ID, "name": "rec-extra", "url": repo_url, "type": "helm-chart"}
@@ -604,6 +619,69 @@ async def scenario(rec: Recorder, store: Store, kubeconfig: str, repo_url: str) 
     )
     # Locks close when they have been idle for a while.
     await rec.close_lock_runs()
+
+
+def _started_with(operation: str, namespace: str, release: str = "") -> TypedSearchAttributes:
+    """The search attributes kduflow's client sets at start (the release only when it is known)."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(search.KDU_CLUSTER, CLUSTER),
+        SearchAttributePair(search.KDU_OPERATION, operation),
+        SearchAttributePair(search.KDU_NAMESPACE, namespace),
+    ]
+    if release:
+        pairs.append(SearchAttributePair(search.KDU_RELEASE, release))
+    return TypedSearchAttributes(pairs)
+
+
+async def _check_attributes(rec: Recorder, workflow_id: str, expected: dict[str, str]) -> None:
+    """Wait (visibility is eventually consistent) until the run's search attributes hold ``expected``."""
+    handle = rec.client.get_workflow_handle(workflow_id)
+    deadline = time.monotonic() + 15
+    while True:
+        found = (await handle.describe()).typed_search_attributes
+        seen = {pair.key.name: str(pair.value) for pair in found}
+        if all(seen.get(key) == value for key, value in expected.items()):
+            return
+        if time.monotonic() > deadline:
+            raise RecordingError(f"{workflow_id}: search attributes {seen}, expected {expected}")
+        await asyncio.sleep(0.5)
+
+
+async def search_attribute_cases(rec: Recorder) -> None:
+    """One release through install, a rolled-back upgrade and uninstall, each started with kduflow's
+    search attributes: the path of ``workflow.patched("search-attributes-v1")``, where the
+    workflows upsert the generated release name, the namespace and the outcome."""
+    ns = "rec-search"
+    installed: KduResult = await rec.run(
+        "InstallKdu",
+        "search-attributes",
+        InstallKduInput(CLUSTER, "rec/webapp:0.1.0", namespace=ns, timeout=60, db_dict=_db(3)),
+        KduResult,
+        search_attributes=_started_with("install", ns),
+    )
+    release = installed.kdu_instance
+    await _check_attributes(
+        rec, "InstallKdu-search-attributes", {"KduRelease": release, "KduOutcome": search.OUTCOME_SUCCEEDED}
+    )
+    await rec.run(
+        "UpgradeKdu",
+        "search-attributes-rolled-back",
+        UpgradeKduInput(CLUSTER, release, ns, params={"ready": False}, timeout=SHORT_TIMEOUT, db_dict=_db(3)),
+        None,
+        expect="UpgradeRolledBack",
+        search_attributes=_started_with("upgrade", ns, release),
+    )
+    await _check_attributes(
+        rec, "UpgradeKdu-search-attributes-rolled-back", {"KduOutcome": search.OUTCOME_ROLLED_BACK}
+    )
+    await rec.run(
+        "UninstallKdu",
+        "search-attributes",
+        UninstallKduInput(CLUSTER, release, ns, timeout=60, db_dict=_db(3)),
+        KduResult,
+        search_attributes=_started_with("uninstall", ns, release),
+    )
+    await _check_attributes(rec, "UninstallKdu-search-attributes", {"KduOutcome": search.OUTCOME_SUCCEEDED})
 
 
 async def _set_repos(store: Store, repo_ids: list[str]) -> None:
@@ -777,6 +855,15 @@ minutes (helm waits, rollbacks).
 `<name>.before-<patch>.json` files were recorded with the code from before the change that
 introduced `workflow.patched("<patch>")`: they check that runs started before that change still
 replay. They are not produced by the script (it overwrites only the files it records).
+`*.before-status-in-helm-v1.json` were recorded before the patches `status-in-helm-v1`,
+`history-local-v1` and `release-lock-local-v1` (status reported by the helm activity, the history
+read and the lock request as local activities); the files without that suffix were recorded after.
+Only the files whose event sequence changed were re-recorded then.
+`*.before-release-lock-local-release-v1.json` were recorded before the lock's release became a local
+activity (patch `release-lock-local-release-v1`); again only changed sequences were re-recorded.
+`*-search-attributes*.json` were started with kduflow's search attributes, as kduflow's client
+starts workflows: they record the path of `search-attributes-v1` (the workflows upsert the
+release, namespace and outcome). The other cases start without them, as the temporal CLI does.
 
 Workflow types covered ({len(types)}): {", ".join(f"`{t}`" for t in types)}.
 
@@ -794,7 +881,8 @@ the wrong type), upgrades (success, failure rolled back to the recorded revision
 failure), rollbacks (explicit revision and revision 0), scale (top-level key, component key,
 unknown component), the scale count and one Service (GetScaleCount, GetService), a repository
 added, listed and removed (RepoAdd, RepoList, RepoRemove; a URL outside the URL policy refused),
-uninstalls (present, absent, absent without a namespace), the per-release
+uninstalls (present, absent, absent without a namespace), one release installed, upgraded
+(rolled back) and uninstalled by workflows started with kduflow's search attributes, the per-release
 lock (three operations on one release at once: one holds the lock, one queues, one with
 `wait_for_lock=false` is refused; a holder terminated while holding it; a lock used by one
 operation), the read-only workflows and the cluster reset. The mutating cases pass a `db_dict`
@@ -852,6 +940,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated workflow types: run the whole scenario but write only their histories "
         "(new workflow types get histories without re-recording those of the others)",
     )
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="comma-separated patterns (fnmatch) of history names, e.g. '*-search-attributes*': run the "
+        "whole scenario but write only the histories they match (a new path gets histories without "
+        "re-recording the others)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # The failing cases fail activities on purpose; the SDK logs each such failure with a traceback.
@@ -875,6 +970,12 @@ def main(argv: list[str] | None = None) -> int:
             names = ", ".join(sorted(unknown))
             raise SystemExit(f"--only names workflow types the scenario does not run: {names}")
         recorded = [r for r in recorded if r.workflow_type in only]
+    cases = [c for c in args.cases.split(",") if c]
+    if cases:
+        unmatched = [c for c in cases if not any(fnmatch.fnmatchcase(r.name, c) for r in recorded)]
+        if unmatched:
+            raise SystemExit(f"--cases patterns that match no recorded history: {', '.join(unmatched)}")
+        recorded = [r for r in recorded if any(fnmatch.fnmatchcase(r.name, c) for c in cases)]
     out = args.out.resolve()
     shown = [".venv/bin/python", "scripts/record_histories.py", "--out"]
     shown.append(str(out.relative_to(ROOT)) if ROOT in out.parents else str(out))
@@ -882,6 +983,8 @@ def main(argv: list[str] | None = None) -> int:
         shown.append("--allow-dirty")
     if only:
         shown += ["--only", ",".join(sorted(only))]
+    if cases:
+        shown += ["--cases", "'" + ",".join(cases) + "'"]
     leaks = secret_leaks(recorded, dict(os.environ))
     if leaks:
         raise SystemExit(
