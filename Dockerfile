@@ -69,6 +69,7 @@ ENV PATH=/opt/kduflow/bin:$PATH \
     KDUFLOW_HELM=/usr/local/bin/helm \
     KDUFLOW_KUBECTL=/usr/local/bin/kubectl \
     KDUFLOW_STATE_DIR=/var/lib/kduflow \
+    KDUFLOW_HEALTH_FILE=/var/lib/kduflow/health.json \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001:10001
@@ -76,4 +77,7 @@ WORKDIR /home/kduflow
 # The worker drains running activities for KDUFLOW_GRACEFUL_SHUTDOWN seconds after SIGTERM; give
 # the container a stop grace period above that (docker-compose.yml does).
 STOPSIGNAL SIGTERM
+# The worker rewrites KDUFLOW_HEALTH_FILE every KDUFLOW_HEALTH_INTERVAL (10) seconds after checking
+# that Temporal and the store answer; the probe only reads that file (no network I/O).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["python", "-m", "kduflow.health"]
 ENTRYPOINT ["kduflow-worker"]

@@ -25,7 +25,7 @@ from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
-from kduflow import logs, telemetry
+from kduflow import health, logs, telemetry
 from kduflow.config import ConfigError, Settings, add_arguments, temporal_connect_config
 from kduflow.plugin import KduflowPlugin
 
@@ -88,7 +88,9 @@ async def run_worker(
         settings.task_queue,
         settings.describe(),
     )
-    async with worker:
+    async with worker, health.reporting(
+        settings.health_file, settings.health_interval, worker, client, plugin.store, settings.task_queue
+    ):
         await stop.wait()
         log.info("stopping: letting running activities finish (up to %s)", grace)
 

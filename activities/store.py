@@ -241,6 +241,16 @@ class Store:
         result = await self.run(lambda: self._db[collection].delete_one(copy.deepcopy(filter)), write=True)
         return int(result.deleted_count)
 
+    async def ping(self) -> None:
+        """One read that reaches the database (a ``find_one`` by an ``_id`` no document has): for
+        MongoDB it needs a server, authentication and read rights, as the activities do.
+
+        Raises:
+            StoreClosed: the store is closed.
+            The driver's error when the database cannot be reached.
+        """
+        await self.run(lambda: self._db["k8sclusters"].find_one({"_id": "kduflow-health-probe"}, {"_id": 1}))
+
     async def close(self) -> None:
         """Close the client (on its thread) and stop the thread. Idempotent."""
         with self._close_lock:

@@ -28,6 +28,8 @@ from kduflow.secretbox import SecretBoxError, parse_key_setting
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 POLL_INTERVAL_MIN = 0.5
 POLL_INTERVAL_MAX = 3600.0
+HEALTH_INTERVAL_MIN = 1.0
+HEALTH_INTERVAL_MAX = 300.0
 
 
 class ConfigError(ValueError):
@@ -84,6 +86,10 @@ class Settings:
     metrics_bind: str = ""
     #: Trace workflows and activities with OpenTelemetry (the ``otel`` extra must be installed).
     otel: bool = False
+    #: File the worker rewrites with the outcome of its health checks (``kduflow.health``); None: none.
+    health_file: Path | None = None
+    #: Seconds between two health checks (and writes of ``health_file``).
+    health_interval: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -125,6 +131,9 @@ class Settings:
             object.__setattr__(self, "state_dir", Path(self.state_dir))
         if self.charts_dir is not None and not isinstance(self.charts_dir, Path):
             object.__setattr__(self, "charts_dir", Path(self.charts_dir))
+        if self.health_file is not None and not isinstance(self.health_file, Path):
+            object.__setattr__(self, "health_file", Path(self.health_file))
+        object.__setattr__(self, "health_interval", float(self.health_interval))
         object.__setattr__(self, "poll_interval", float(self.poll_interval))
         object.__setattr__(self, "graceful_shutdown", float(self.graceful_shutdown))
         for name in ("exec_plugins", "status_collections", "url_allowlist", "private_networks"):
@@ -169,6 +178,7 @@ class Settings:
             f"graceful_shutdown={self.graceful_shutdown:g}s",
             f"metrics={'http://' + self.metrics_bind + '/metrics' if self.metrics_bind else 'off'}",
             f"otel={'on' if self.otel else 'off'}",
+            f"health={f'{self.health_file} every {self.health_interval:g}s' if self.health_file else 'off'}",
         ]
         return " ".join(parts)
 
@@ -248,6 +258,12 @@ _SPECS: tuple[_Spec, ...] = (
           "true to trace workflows and activities with OpenTelemetry (needs the kduflow[otel] extra; "
           "spans go to the OTLP exporter configured by the standard OTEL_EXPORTER_OTLP_* variables) "
           "(default false)"),
+    _Spec("health_file", "KDUFLOW_HEALTH_FILE", "--health-file",
+          "absolute path of a file the worker rewrites with the outcome of its health checks (worker "
+          "running, Temporal and the store answering); `python -m kduflow.health` reads it (default: none)"),
+    _Spec("health_interval", "KDUFLOW_HEALTH_INTERVAL", "--health-interval",
+          f"seconds between health checks [{HEALTH_INTERVAL_MIN:g}, {HEALTH_INTERVAL_MAX:g}] (default 10); "
+          "the file counts as stale after three intervals"),
 )
 _SPEC_BY_NAME = {spec.name: spec for spec in _SPECS}
 SECRET_KEY_FILE_ENV = "KDUFLOW_SECRET_KEY_FILE"
@@ -263,7 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if spec.flag is None:
             continue
         kwargs: dict[str, Any] = {"dest": spec.name, "default": None, "help": f"{spec.help} [env {spec.env}]"}
-        if spec.name in ("poll_interval", "graceful_shutdown", "pending_stuck_after"):
+        if spec.name in ("poll_interval", "graceful_shutdown", "pending_stuck_after", "health_interval"):
             kwargs["type"] = str  # validated by _build so the error names the flag and the value
         group.add_argument(spec.flag, **kwargs)
     group.add_argument("--secret-key-file", dest="secret_key_file", default=None,
@@ -583,6 +599,34 @@ def _validate_bind(raw: Any, label: str, environ: Mapping[str, str]) -> str:
     return value
 
 
+def _validate_health_file(raw: Any, label: str, environ: Mapping[str, str]) -> Path | None:
+    value = "" if raw is None else str(raw).strip()
+    if not value:
+        return None
+    path = Path(value)
+    # Absolute: the probe (a container's health check) may run in another working directory.
+    if not path.is_absolute():
+        raise ConfigError(f"{label}={value!r}: must be an absolute path")
+    if path.is_dir():
+        raise ConfigError(f"{label}={value!r}: is a directory, not a file")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"{label}={value!r}: {path.parent} is not a directory")
+    return path
+
+
+def _validate_health_interval(raw: Any, label: str, environ: Mapping[str, str]) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label}={raw!r}: not a number of seconds") from None
+    in_range = HEALTH_INTERVAL_MIN <= value <= HEALTH_INTERVAL_MAX
+    if isinstance(raw, bool) or not math.isfinite(value) or not in_range:
+        raise ConfigError(
+            f"{label}={raw!r}: must be between {HEALTH_INTERVAL_MIN:g} and {HEALTH_INTERVAL_MAX:g} seconds"
+        )
+    return value
+
+
 _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "helm": _validate_executable,
     "kubectl": _validate_executable,
@@ -604,4 +648,6 @@ _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "graceful_shutdown": _validate_graceful_shutdown,
     "metrics_bind": _validate_bind,
     "otel": _validate_bool,
+    "health_file": _validate_health_file,
+    "health_interval": _validate_health_interval,
 }

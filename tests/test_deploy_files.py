@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from activities import models
+from kduflow import health
 from kduflow.config import _SPECS, SECRET_KEY_FILE_ENV, Settings
 from tests.conftest import HelmTools, temporal_cli
 
@@ -600,6 +601,29 @@ def test_image_runs_unprivileged_with_the_verified_binaries():
     assert env["PATH"].startswith("/opt/kduflow/bin:")
 
 
+def test_image_health_check_reads_the_file_the_worker_writes(tmp_path):
+    """The image's HEALTHCHECK runs kduflow's probe (exec form) on the health file the image's
+    environment makes the worker write, inside the state directory its user owns."""
+    final = final_stage()
+    (check,) = final.all("HEALTHCHECK")
+    options, _, command = check.partition(" CMD ")
+    assert json.loads(command) == ["python", "-m", "kduflow.health"]
+    flags = dict(flag.removeprefix("--").split("=") for flag in options.split())
+    assert seconds(flags["start-period"]) >= 30 and int(flags["retries"]) >= 3
+    env = final.env()
+    health_file = Path(env["KDUFLOW_HEALTH_FILE"])
+    assert health_file.parent == Path(env["KDUFLOW_STATE_DIR"])
+    # Three intervals of the worker's default (10 s) make a file stale; the probe runs more often.
+    assert seconds(flags["interval"]) < 3 * Settings().health_interval
+    # The probe reads the same variable the worker does.
+    health_file = tmp_path / "health.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kduflow.health"], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": os.environ["PATH"], "KDUFLOW_HEALTH_FILE": str(health_file)}, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1 and f"no health file at {health_file}" in proc.stderr
+
+
 def test_image_ships_neither_the_sandbox_nor_helm3():
     instructions = " ".join(args for _, args in dockerfile_instructions())
     for word in ("sandbox", "helm3", "fetch_tools", "scripts", "tests", "lambda-layer"):
@@ -673,6 +697,7 @@ def test_runbook_names_only_settings_that_exist():
         assert required in named, required
     # Flags it names as kduflow's exist too.
     known_flags = {spec.flag for spec in _SPECS if spec.flag} | {"--secret-key-file", "--help"}
+    known_flags |= {flag for action in health.probe_parser()._actions for flag in action.option_strings}
     named_flags = set(re.findall(r"`(--[a-z-]+)[` ]", text)) - {"--auth"}  # --auth: mongod's
     assert named_flags and named_flags <= known_flags, named_flags - known_flags
     for plugin in ("aws", "gke-gcloud-auth-plugin", "kubelogin"):

@@ -404,3 +404,11 @@ async def test_file_lock_is_held_only_during_a_write(tmp_path: Path) -> None:
     finally:
         await reader.close()
         await store.close()
+
+
+async def test_ping_reads_without_writing(store: Store) -> None:
+    await store.ping()
+    assert await store.find("k8sclusters", {}) == []
+    await store.close()
+    with pytest.raises(StoreClosed):
+        await store.ping()
