@@ -43,7 +43,7 @@ from activities.errors import (
     classify_helm_stderr,
     to_application_error,
 )
-from activities.runner import Runner
+from activities.runner import Runner, metered
 from activities.store import Store
 from contract.cluster import (
     CLUSTER_ACTIVITY_NAMES,
@@ -198,7 +198,7 @@ class ClusterActivities:
         self.settings = settings
         self.envs = envs
         self.store = store
-        self.runner = runner or Runner()
+        self.runner: Runner = metered(runner, settings.helm)
         configured = getattr(settings, "repo_sync_interval", None)
         self.sync_interval_s = int(sync_interval_s or configured or DEFAULT_SYNC_INTERVAL_S)
 

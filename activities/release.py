@@ -57,7 +57,7 @@ from activities.errors import (
 from activities.helm_cli import ChartRef, HelmVersion
 from activities.kubeapi import KubeApi, KubeApiBase
 from activities.release_storage import ReleaseCache, ReleaseStorage, StoredRelease
-from activities.runner import ProcessResult, Runner
+from activities.runner import ProcessResult, Runner, metered
 from activities.status import StatusActivities
 from activities.url_policy import UrlDecision, UrlPolicy
 from contract import validation
@@ -222,7 +222,7 @@ class ReleaseActivities:
         self._url_policy = url_policy or UrlPolicy(settings, getattr(charts, "store", None))
         self._heartbeat_every = heartbeat_every
         self._envs = envs
-        self._runner = runner or Runner()
+        self._runner = metered(runner, settings.helm)
         #: Seconds added to a pending revision's timeout before it counts as stuck (tests shorten it).
         self.stuck_margin = STUCK_MARGIN
         self._versions: dict[str, HelmVersion] = {}
@@ -303,31 +303,10 @@ class ReleaseActivities:
             if left - ACTIVITY_RESERVE < 1:
                 raise ProcessTimeout("no time left in this attempt to run helm", details={"timeout": 0})
             timeout = min(timeout, left - ACTIVITY_RESERVE)
-        started, outcome = time.monotonic(), "failed"
-        try:
-            res = await self._runner.run(
-                argv,
-                env=env,
-                stdin=stdin,
-                timeout=timeout,
-                secrets=secrets,
-                heartbeat_every=self._heartbeat_every,
-            )
-            outcome = "ok" if res.ok else "failed"
-            return res
-        except ProcessTimeout:
-            outcome = "timeout"
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            if argv and argv[0] == self._settings.helm:
-                probed = self._versions.get(self._settings.helm)
-                metrics.helm_command(
-                    metrics.helm_verb(argv), probed.major if probed else None, outcome,
-                    time.monotonic() - started,
-                )  # fmt: skip
+        return await self._runner.run(
+            argv, env=env, stdin=stdin, timeout=timeout, secrets=secrets,
+            heartbeat_every=self._heartbeat_every,
+        )  # fmt: skip
 
     def _helm_timeout(self, requested: int) -> int:
         """helm's ``--timeout`` for a mutating call: the request, shortened to what this attempt has

@@ -56,7 +56,7 @@ from activities.errors import (
     classify_helm_stderr,
     to_application_error,
 )
-from activities.runner import Runner
+from activities.runner import Runner, metered
 from activities.store import Store
 from activities.url_policy import UrlPolicy
 from contract.cluster import (
@@ -212,7 +212,7 @@ class ChartRepos:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.runner = runner or Runner()
+        self.runner: Runner = metered(runner, settings.helm)
         self.secretbox = secretbox
         self.index_ttl = index_ttl
         self._locks: dict[str, asyncio.Lock] = {}

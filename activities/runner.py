@@ -15,6 +15,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -24,11 +25,11 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from temporalio import activity
 
-from activities.errors import ProcessTimeout, UnsupportedHelm
+from activities.errors import KduflowError, ProcessTimeout, UnsupportedHelm
 
 #: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
 logger = activity.LoggerAdapter(logging.getLogger(__name__), None)
@@ -304,3 +305,50 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+class HelmMeteredRunner(Runner):
+    """A runner that records each helm process it runs in ``kduflow_helm_commands`` and
+    ``kduflow_helm_command_duration`` (verb, helm major, outcome) and passes everything else, the
+    kubectl calls included, straight to the runner it wraps.
+
+    The helm major comes from the first successful ``helm version`` run through it: every activity
+    class probes the version before its other helm commands. Until then it is "unknown".
+    """
+
+    def __init__(self, inner: Runner, helm: str) -> None:
+        self.inner = inner
+        self.helm = helm
+        self.major: int | None = None
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> ProcessResult:
+        if not argv or argv[0] != self.helm:
+            return await self.inner.run(argv, **kwargs)
+        from activities.helm_cli import HelmVersion
+        from kduflow import metrics
+
+        verb = metrics.helm_verb(argv)
+        started, outcome = time.monotonic(), "failed"
+        try:
+            res = await self.inner.run(argv, **kwargs)
+            outcome = "ok" if res.ok else "failed"
+            if res.ok and verb == "version" and self.major is None:
+                with contextlib.suppress(KduflowError):
+                    self.major = HelmVersion.parse(res.stdout).major
+            return res
+        except ProcessTimeout:
+            outcome = "timeout"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            metrics.helm_command(verb, self.major, outcome, time.monotonic() - started)
+
+
+def metered(runner: Runner | None, helm: str) -> HelmMeteredRunner:
+    """``runner`` (a new :class:`Runner` when None) recording helm commands; one already metered is
+    returned as it is, so a runner shared between activity classes counts each command once."""
+    if isinstance(runner, HelmMeteredRunner):
+        return runner
+    return HelmMeteredRunner(runner or Runner(), helm)

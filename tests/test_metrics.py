@@ -22,13 +22,16 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import WorkflowFailureError
 
+from activities.errors import ProcessTimeout
+from activities.runner import ProcessResult, Runner, metered
 from kduflow import logs, metrics, telemetry
 from kduflow.config import ConfigError, Settings
 from tests.support.charts import ChartRepoServer, chart_repo
@@ -134,6 +137,10 @@ async def test_worker_serves_sdk_and_kduflow_metrics_and_json_logs(
         assert total(samples, "kduflow_helm_commands", verb="upgrade", outcome="failed", **h4) == 1, shown
         assert total(samples, "kduflow_helm_commands", verb="rollback", outcome="ok", **h4) == 1, shown
         assert not select(samples, "kduflow_helm_commands", helm_major="3"), shown
+        # The cluster and repository activities' helm commands too: InitCluster's version probe and
+        # its SyncRepos child's `helm repo add`.
+        assert total(samples, "kduflow_helm_commands", verb="repo", outcome="ok", **h4) >= 1, shown
+        assert total(samples, "kduflow_helm_commands", verb="version", outcome="ok", **h4) >= 1, shown
         count = total(samples, "kduflow_helm_command_duration_count", verb="upgrade", **h4)
         assert count == 4, shown
         upgrade_ms = total(samples, "kduflow_helm_command_duration_sum", verb="upgrade", outcome="ok", **h4)
@@ -210,6 +217,45 @@ async def test_metric_functions_are_no_ops_outside_activities_and_workflows() ->
     metrics.status_write("written")
     metrics.lock_wait("upgrade", timedelta(seconds=1))
     metrics.stuck_recovered("rolled_back")
+
+
+class ScriptedRunner(Runner):
+    """Answers each argv with a scripted result (or raises the scripted exception)."""
+
+    def __init__(self, answers: dict[str, ProcessResult | BaseException]) -> None:
+        self.answers = answers
+
+    async def run(self, argv: Sequence[str], **kwargs: Any) -> ProcessResult:
+        answer = self.answers[argv[1]]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+async def test_metered_runner_records_helm_commands_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded: list[tuple[str, int | None, str]] = []
+    monkeypatch.setattr(metrics, "helm_command", lambda verb, major, outcome, duration: recorded.append(
+        (verb, major, outcome)))  # fmt: skip
+    ok = ProcessResult("x", 0, b"", b"", 0.1)
+    inner = ScriptedRunner({
+        "repo": ok, "version": ProcessResult("v", 0, b"v4.3.1", b"", 0.1), "get": ok,
+        "upgrade": ProcessTimeout("helm overran"), "status": ProcessResult("s", 1, b"", b"Error", 0.1),
+        "uninstall": asyncio.CancelledError(),
+    })  # fmt: skip
+    runner = metered(inner, "/x/helm")
+    assert metered(runner, "/x/helm") is runner  # shared: wrapped once, so counted once
+    await runner.run(["/x/helm", "repo", "add"], env={}, timeout=5)  # before the probe: major unknown
+    await runner.run(["/x/helm", "version"], env={}, timeout=5)
+    await runner.run(["/x/kubectl", "get", "pods"], env={}, timeout=5)  # not helm: not recorded
+    with pytest.raises(ProcessTimeout):
+        await runner.run(["/x/helm", "upgrade", "web"], env={}, timeout=5)
+    await runner.run(["/x/helm", "status", "web"], env={}, timeout=5)
+    with pytest.raises(asyncio.CancelledError):
+        await runner.run(["/x/helm", "uninstall", "web"], env={}, timeout=5)
+    assert recorded == [
+        ("repo", None, "ok"), ("version", 4, "ok"), ("upgrade", 4, "timeout"), ("status", 4, "failed"),
+        ("uninstall", 4, "cancelled"),
+    ]  # fmt: skip
 
 
 def test_helm_verb_is_one_of_a_fixed_set() -> None:
