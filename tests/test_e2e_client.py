@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -448,6 +449,19 @@ async def test_workflows_upsert_what_only_they_know(world: World, kdu: KduflowCl
     await kdu.uninstall(c, result.kdu_instance)
 
 
+async def listed_when(
+    kdu: KduflowClient, query: str, check: Callable[[list[Any]], bool], timeout: float = 20
+) -> list[Any]:
+    """The workflows matching ``query`` once ``check`` holds for them (visibility is eventually
+    consistent); the last listing when it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = [wf async for wf in kdu.client.list_workflows(query)]
+        if check(listed) or time.monotonic() > deadline:
+            return listed
+        await asyncio.sleep(0.5)
+
+
 async def test_client_cluster_and_repository_operations(world: World, kdu: KduflowClient):
     other = f"second-{world.dialect}"
     init = await kdu.init_cluster(world.cluster.kubeconfig(), "second-system", cluster_uuid=other)
@@ -460,6 +474,8 @@ async def test_client_cluster_and_repository_operations(world: World, kdu: Kdufl
     added = await kdu.repo_add(other, name, url, user=PRIVATE_USER, password=PRIVATE_PASSWORD)
     assert added.name == name
     assert name in {r.name for r in (await kdu.repo_list(other)).repos}
+    # Left for ResetCluster to uninstall (below).
+    installed = await kdu.install(other, f"{name}/webapp", namespace="second-apps", timeout=60)
     # The repository is the cluster's now: SyncRepos keeps it.
     assert (await kdu.sync_repos(other)).deleted == []
     removed = await kdu.repo_remove(other, name)
@@ -467,7 +483,23 @@ async def test_client_cluster_and_repository_operations(world: World, kdu: Kdufl
     assert name not in {r.name for r in (await kdu.repo_list(other)).repos}
     with pytest.raises(UrlNotAllowed):
         await kdu.repo_add(other, "meta", "http://169.254.169.254/")
+    # Children start with the parent's kind of search attributes: InitCluster's SyncRepos, and
+    # ResetCluster's uninstall of a release it finds (which then upserts its outcome).
     assert await kdu.reset_cluster(other, force=True, uninstall_sw=True) is True
+    query = f'KduCluster="{other}" AND KduOperation IN ("sync-repos", "uninstall")'
+
+    def children_closed(listed: list[Any]) -> bool:
+        init_sync = [wf for wf in listed if wf.id.startswith(f"sync-repos-{other}-init-") and wf.close_time]
+        uninstalls = [wf for wf in listed if wf.workflow_type == "UninstallKdu"]
+        ended = len(uninstalls) == 1 and uninstalls[0].typed_search_attributes.get(KDU_OUTCOME) is not None
+        return bool(init_sync) and ended
+
+    children = await listed_when(kdu, query, children_closed)
+    assert children_closed(children), [(wf.id, wf.typed_search_attributes) for wf in children]
+    (uninstall,) = [wf for wf in children if wf.workflow_type == "UninstallKdu"]
+    attrs = uninstall.typed_search_attributes
+    assert (attrs.get(KDU_RELEASE), attrs.get(KDU_NAMESPACE)) == (installed.kdu_instance, "second-apps")
+    assert attrs.get(KDU_OUTCOME) == "succeeded"
     with pytest.raises(ClusterNotFound):
         await kdu.repo_list(other)
 

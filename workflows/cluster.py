@@ -85,6 +85,7 @@ from workflows.common import (
     Tracked,
     begin,
     call_read,
+    child_search_attributes,
     failure_error,
     finish,
     is_workflow_cancellation,
@@ -246,6 +247,7 @@ class InitCluster(Tracked):
             SyncRepos.run,
             SyncReposInput(cluster_uuid),
             id=f"sync-repos-{cluster_uuid}-init-{workflow.uuid4()}",
+            search_attributes=child_search_attributes("sync-repos", cluster_uuid),
         )
         if sync.failed:
             workflow.logger.warning("InitCluster %s: repositories failed: %s", cluster_uuid, sync.failed)
@@ -357,6 +359,9 @@ class ResetCluster(Tracked):
                     UninstallKduInput(cluster_uuid, name, namespace, timeout=RESET_UNINSTALL_TIMEOUT),
                     id=child_id,
                     result_type=KduResult,
+                    search_attributes=child_search_attributes(
+                        "uninstall", cluster_uuid, release=name, namespace=namespace
+                    ),
                     # ABANDON: an uninstall that has started runs to its end even if this reset is
                     # terminated, reset or times out. Cancelling it there would stop helm halfway
                     # and leave the release "uninstalling"; letting it finish does what the reset

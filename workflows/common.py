@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -341,6 +341,9 @@ async def resolve_namespace(cluster_uuid: str, name: str, namespace: str) -> str
 #: outcome). Only runs whose start carried kduflow's attributes ever ask, so runs recorded before
 #: (started without them) replay unchanged.
 PATCH_SEARCH_ATTRIBUTES = "search-attributes-v1"
+#: ``workflow.patched`` id: child workflows (InitCluster's SyncRepos, ResetCluster's uninstalls)
+#: start with kduflow's search attributes when their parent's start carried them.
+PATCH_CHILD_SEARCH_ATTRIBUTES = "child-search-attributes-v1"
 #: Name of the query every mutating workflow answers (``OperationState``).
 OPERATION_QUERY = "operation"
 _MAX_DETAIL_ERROR = 300
@@ -402,6 +405,26 @@ def _search_enabled() -> bool:
     if workflow.info().typed_search_attributes.get(search.KDU_OPERATION) is None:
         return False
     return workflow.patched(PATCH_SEARCH_ATTRIBUTES)
+
+
+def child_search_attributes(
+    operation: str, cluster_uuid: str, *, release: str = "", namespace: str = ""
+) -> TypedSearchAttributes | None:
+    """kduflow's search attributes for a child workflow (as the client would set them at its start),
+    or None (start it without) unless this workflow's own start carried them."""
+    if workflow.info().typed_search_attributes.get(search.KDU_OPERATION) is None:
+        return None
+    if not workflow.patched(PATCH_CHILD_SEARCH_ATTRIBUTES):
+        return None
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(search.KDU_CLUSTER, cluster_uuid),
+        SearchAttributePair(search.KDU_OPERATION, operation),
+    ]
+    if release:
+        pairs.append(SearchAttributePair(search.KDU_RELEASE, release))
+    if namespace:
+        pairs.append(SearchAttributePair(search.KDU_NAMESPACE, namespace))
+    return TypedSearchAttributes(pairs)
 
 
 def upsert_search(*, release: str = "", namespace: str = "", outcome: str = "") -> None:
