@@ -617,17 +617,22 @@ async def scenario(rec: Recorder, store: Store, kubeconfig: str, repo_url: str) 
     await run(
         "ResetCluster", "uninstall-force", ResetClusterInput(CLUSTER, force=True, uninstall_sw=True), bool
     )
+    # After the reset above: this one finds only its own release in the (shared) sandbox cluster.
+    await cluster_search_attribute_cases(rec, store, kubeconfig)
     # Locks close when they have been idle for a while.
     await rec.close_lock_runs()
 
 
-def _started_with(operation: str, namespace: str, release: str = "") -> TypedSearchAttributes:
-    """The search attributes kduflow's client sets at start (the release only when it is known)."""
+def _started_with(
+    operation: str, namespace: str = "", release: str = "", cluster: str = CLUSTER
+) -> TypedSearchAttributes:
+    """The search attributes kduflow's client sets at start (release and namespace when known)."""
     pairs: list[SearchAttributePair[Any]] = [
-        SearchAttributePair(search.KDU_CLUSTER, CLUSTER),
+        SearchAttributePair(search.KDU_CLUSTER, cluster),
         SearchAttributePair(search.KDU_OPERATION, operation),
-        SearchAttributePair(search.KDU_NAMESPACE, namespace),
     ]
+    if namespace:
+        pairs.append(SearchAttributePair(search.KDU_NAMESPACE, namespace))
     if release:
         pairs.append(SearchAttributePair(search.KDU_RELEASE, release))
     return TypedSearchAttributes(pairs)
@@ -682,6 +687,60 @@ async def search_attribute_cases(rec: Recorder) -> None:
         search_attributes=_started_with("uninstall", ns, release),
     )
     await _check_attributes(rec, "UninstallKdu-search-attributes", {"KduOutcome": search.OUTCOME_SUCCEEDED})
+
+
+SEARCH_CLUSTER = "rec-search-cluster"
+
+
+async def cluster_search_attribute_cases(rec: Recorder, store: Store, kubeconfig: str) -> None:
+    """A second cluster registered and reset by workflows started with kduflow's search attributes:
+    the path of ``workflow.patched("child-search-attributes-v1")``, where InitCluster's SyncRepos
+    child and ResetCluster's uninstall children start with them too."""
+    doc = {"_id": SEARCH_CLUSTER, "name": "rec-search", "_admin": {"helm_chart_repos": [REPO_ID]}}
+    await store.insert_one("k8sclusters", doc)
+    await rec.run(
+        "InitCluster",
+        "search-attributes",
+        InitClusterInput(cluster_uuid=SEARCH_CLUSTER, k8s_creds=kubeconfig, namespace="rec-system"),
+        InitClusterResult,
+        search_attributes=_started_with("init-cluster", cluster=SEARCH_CLUSTER),
+    )
+    await _check_attributes(rec, "InitCluster-search-attributes", {"KduOutcome": search.OUTCOME_SUCCEEDED})
+    ns = "rec-search-reset"
+    installed: KduResult = await rec.client.execute_workflow(
+        "InstallKdu",
+        InstallKduInput(SEARCH_CLUSTER, "rec/webapp:0.1.0", namespace=ns, timeout=60),
+        id="rec-search-cluster-install",
+        task_queue=TASK_QUEUE,
+        result_type=KduResult,
+    )
+    await rec.run(
+        "ResetCluster",
+        "search-attributes",
+        ResetClusterInput(SEARCH_CLUSTER, force=True, uninstall_sw=True),
+        bool,
+        search_attributes=_started_with("reset-cluster", cluster=SEARCH_CLUSTER),
+    )
+    children = [name for name in (r.name for r in rec.recorded) if "child-of-ResetCluster-search" in name]
+    _check(len(children) == 1, "one uninstall child of the reset", children)
+    child = children[0].split("-child-of-")[0]
+    _check(child == "UninstallKdu", "the reset's child", child)
+    await _check_attributes_of_children(rec, installed.kdu_instance, ns)
+
+
+async def _check_attributes_of_children(rec: Recorder, release: str, namespace: str) -> None:
+    """The reset's uninstall child started with the release's attributes and upserted its outcome."""
+    query = f'KduCluster="{SEARCH_CLUSTER}" AND KduOperation="uninstall"'
+    deadline = time.monotonic() + 15
+    while True:
+        listed = [wf async for wf in rec.client.list_workflows(query)]
+        seen = [{p.key.name: str(p.value) for p in wf.typed_search_attributes} for wf in listed]
+        expected = {"KduRelease": release, "KduNamespace": namespace, "KduOutcome": search.OUTCOME_SUCCEEDED}
+        if len(seen) == 1 and all(seen[0].get(k) == v for k, v in expected.items()):
+            return
+        if time.monotonic() > deadline:
+            raise RecordingError(f"uninstall children of the reset: {seen}, expected one with {expected}")
+        await asyncio.sleep(0.5)
 
 
 async def _set_repos(store: Store, repo_ids: list[str]) -> None:
@@ -862,8 +921,9 @@ Only the files whose event sequence changed were re-recorded then.
 `*.before-release-lock-local-release-v1.json` were recorded before the lock's release became a local
 activity (patch `release-lock-local-release-v1`); again only changed sequences were re-recorded.
 `*-search-attributes*.json` were started with kduflow's search attributes, as kduflow's client
-starts workflows: they record the path of `search-attributes-v1` (the workflows upsert the
-release, namespace and outcome). The other cases start without them, as the temporal CLI does.
+starts workflows: they record the paths of `search-attributes-v1` (the workflows upsert the
+release, namespace and outcome) and `child-search-attributes-v1` (InitCluster's and ResetCluster's
+children start with them). The other cases start without them, as the temporal CLI does.
 
 Workflow types covered ({len(types)}): {", ".join(f"`{t}`" for t in types)}.
 
@@ -882,7 +942,8 @@ failure), rollbacks (explicit revision and revision 0), scale (top-level key, co
 unknown component), the scale count and one Service (GetScaleCount, GetService), a repository
 added, listed and removed (RepoAdd, RepoList, RepoRemove; a URL outside the URL policy refused),
 uninstalls (present, absent, absent without a namespace), one release installed, upgraded
-(rolled back) and uninstalled by workflows started with kduflow's search attributes, the per-release
+(rolled back) and uninstalled by workflows started with kduflow's search attributes (and a second
+cluster registered and reset by such workflows, after the first one's reset), the per-release
 lock (three operations on one release at once: one holds the lock, one queues, one with
 `wait_for_lock=false` is refused; a holder terminated while holding it; a lock used by one
 operation), the read-only workflows and the cluster reset. The mutating cases pass a `db_dict`
