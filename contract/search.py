@@ -17,7 +17,9 @@ unregistered attribute would fail every workflow task).
 
 from __future__ import annotations
 
-from temporalio.common import SearchAttributeKey
+from typing import Any
+
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 KDU_CLUSTER = SearchAttributeKey.for_keyword("KduCluster")
 KDU_RELEASE = SearchAttributeKey.for_keyword("KduRelease")
@@ -33,6 +35,21 @@ OUTCOME_FAILED = "failed"
 OUTCOME_ROLLED_BACK = "rolled-back"
 OUTCOME_CANCELLED = "cancelled"
 OUTCOMES = (OUTCOME_SUCCEEDED, OUTCOME_FAILED, OUTCOME_ROLLED_BACK, OUTCOME_CANCELLED)
+
+
+def start_attributes(
+    cluster: str, operation: str, release: str = "", namespace: str = ""
+) -> TypedSearchAttributes:
+    """The attributes a workflow starts with: cluster and operation, release and namespace when known."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(KDU_CLUSTER, cluster),
+        SearchAttributePair(KDU_OPERATION, operation),
+    ]
+    if release:
+        pairs.append(SearchAttributePair(KDU_RELEASE, release))
+    if namespace:
+        pairs.append(SearchAttributePair(KDU_NAMESPACE, namespace))
+    return TypedSearchAttributes(pairs)
 
 
 def dev_server_args() -> list[str]:
@@ -56,4 +73,5 @@ __all__ = [
     "OUTCOME_ROLLED_BACK",
     "OUTCOME_SUCCEEDED",
     "dev_server_args",
+    "start_attributes",
 ]

@@ -453,15 +453,7 @@ class KduflowClient:
     def _attributes(
         self, cluster: str, release: str, namespace: str, operation: str
     ) -> TypedSearchAttributes:
-        pairs: list[SearchAttributePair[Any]] = [
-            SearchAttributePair(search.KDU_CLUSTER, cluster),
-            SearchAttributePair(search.KDU_OPERATION, operation),
-        ]
-        if release:
-            pairs.append(SearchAttributePair(search.KDU_RELEASE, release))
-        if namespace:
-            pairs.append(SearchAttributePair(search.KDU_NAMESPACE, namespace))
-        return TypedSearchAttributes(pairs)
+        return search.start_attributes(cluster, operation, release, namespace)
 
     async def _start(
         self,

@@ -443,16 +443,19 @@ def _validate_secret_key(raw: Any, label: str, environ: Mapping[str, str]) -> st
     return value
 
 
-def _validate_poll_interval(raw: Any, label: str, environ: Mapping[str, str]) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{label}={raw!r}: not a number of seconds") from None
-    if not math.isfinite(value) or not POLL_INTERVAL_MIN <= value <= POLL_INTERVAL_MAX:
-        raise ConfigError(
-            f"{label}={raw!r}: must be between {POLL_INTERVAL_MIN:g} and {POLL_INTERVAL_MAX:g} seconds"
-        )
-    return value
+def _seconds_between(low: float, high: float) -> Callable[[Any, str, Mapping[str, str]], float]:
+    """A validator of a number of seconds in ``[low, high]``."""
+
+    def validate(raw: Any, label: str, environ: Mapping[str, str]) -> float:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label}={raw!r}: not a number of seconds") from None
+        if isinstance(raw, bool) or not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(f"{label}={raw!r}: must be between {low:g} and {high:g} seconds")
+        return value
+
+    return validate
 
 
 def _validate_url(raw: Any, label: str, environ: Mapping[str, str]) -> str:
@@ -614,19 +617,6 @@ def _validate_health_file(raw: Any, label: str, environ: Mapping[str, str]) -> P
     return path
 
 
-def _validate_health_interval(raw: Any, label: str, environ: Mapping[str, str]) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{label}={raw!r}: not a number of seconds") from None
-    in_range = HEALTH_INTERVAL_MIN <= value <= HEALTH_INTERVAL_MAX
-    if isinstance(raw, bool) or not math.isfinite(value) or not in_range:
-        raise ConfigError(
-            f"{label}={raw!r}: must be between {HEALTH_INTERVAL_MIN:g} and {HEALTH_INTERVAL_MAX:g} seconds"
-        )
-    return value
-
-
 _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "helm": _validate_executable,
     "kubectl": _validate_executable,
@@ -637,7 +627,7 @@ _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "task_queue": _validate_task_queue,
     "lock_task_queue": _validate_task_queue,
     "secret_key": _validate_secret_key,
-    "poll_interval": _validate_poll_interval,
+    "poll_interval": _seconds_between(POLL_INTERVAL_MIN, POLL_INTERVAL_MAX),
     "stable_repo_url": _validate_url,
     "exec_plugins": _validate_exec_plugins,
     "kubeconfig_proxy": _validate_bool,
@@ -649,5 +639,5 @@ _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
     "metrics_bind": _validate_bind,
     "otel": _validate_bool,
     "health_file": _validate_health_file,
-    "health_interval": _validate_health_interval,
+    "health_interval": _seconds_between(HEALTH_INTERVAL_MIN, HEALTH_INTERVAL_MAX),
 }

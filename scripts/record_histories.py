@@ -55,7 +55,7 @@ from temporalio.client import (  # noqa: E402
     WorkflowHistory,
     WorkflowQueryFailedError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
+from temporalio.common import TypedSearchAttributes  # noqa: E402
 from temporalio.exceptions import ApplicationError, FailureError  # noqa: E402
 from temporalio.service import RPCError  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
@@ -627,15 +627,7 @@ def _started_with(
     operation: str, namespace: str = "", release: str = "", cluster: str = CLUSTER
 ) -> TypedSearchAttributes:
     """The search attributes kduflow's client sets at start (release and namespace when known)."""
-    pairs: list[SearchAttributePair[Any]] = [
-        SearchAttributePair(search.KDU_CLUSTER, cluster),
-        SearchAttributePair(search.KDU_OPERATION, operation),
-    ]
-    if namespace:
-        pairs.append(SearchAttributePair(search.KDU_NAMESPACE, namespace))
-    if release:
-        pairs.append(SearchAttributePair(search.KDU_RELEASE, release))
-    return TypedSearchAttributes(pairs)
+    return search.start_attributes(cluster, operation, release, namespace)
 
 
 async def _check_attributes(rec: Recorder, workflow_id: str, expected: dict[str, str]) -> None:

@@ -5,8 +5,10 @@ Helpers of one area live in ``tests/support/<area>.py``; this file only holds wh
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +105,18 @@ async def local_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+def worker_env(tmp_path: Path, env: WorkflowEnvironment, **settings: str) -> dict[str, str]:
+    """The environment of a ``python worker.py`` process against ``env``'s server: helm 4 tools, a
+    state directory under ``tmp_path``, its own task queue, and ``settings`` (``KDUFLOW_*`` etc.)."""
+    tools = helm_tools("helm4")
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "KDUFLOW_STATE_DIR": str(tmp_path / "state"),
+        "KDUFLOW_HELM": str(tools.helm),
+        "KDUFLOW_KUBECTL": str(tools.kubectl),
+        "TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+        "KDUFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
+        **settings,
+    }

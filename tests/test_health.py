@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from kduflow import health
 from kduflow.config import ConfigError, Settings
-from tests.conftest import helm_tools
+from tests.conftest import helm_tools, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,16 +216,7 @@ async def test_worker_writes_its_health_file(tmp_path: Path, local_env: Any, sto
     with the embedded store and names the store when MONGO_URI points at nothing; the probe agrees;
     the file goes away when the worker stops."""
     path = tmp_path / "run" / "health.json"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "KDUFLOW_STATE_DIR": str(tmp_path / "state"),
-        "KDUFLOW_HELM": str(helm_tools("helm4").helm),
-        "KDUFLOW_KUBECTL": str(helm_tools("helm4").kubectl),
-        "TEMPORAL_ADDRESS": local_env.client.service_client.config.target_host,
-        "KDUFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
-        "KDUFLOW_HEALTH_FILE": str(path),
-        "KDUFLOW_HEALTH_INTERVAL": "1",
-    }
+    env = worker_env(tmp_path, local_env, KDUFLOW_HEALTH_FILE=str(path), KDUFLOW_HEALTH_INTERVAL="1")
     if store == "mongodb-down":
         env["MONGO_URI"] = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
     proc = subprocess.Popen(

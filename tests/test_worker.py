@@ -17,7 +17,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from activities.models import ACTIVITY_NAMES
 from kduflow.config import Settings
 from kduflow.plugin import KduflowPlugin, activity_methods
-from tests.conftest import helm_tools
+from tests.conftest import helm_tools, worker_env
 from workflows.cluster_models import CLUSTER_ACTIVITY_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,15 +161,7 @@ async def test_graceful_shutdown_setting_reaches_the_worker(tmp_path: Path, loca
     import signal
     import time
 
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "KDUFLOW_STATE_DIR": str(tmp_path / "state"),
-        "KDUFLOW_HELM": str(helm_tools("helm4").helm),
-        "KDUFLOW_KUBECTL": str(helm_tools("helm4").kubectl),
-        "TEMPORAL_ADDRESS": local_env.client.service_client.config.target_host,
-        "KDUFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
-        "KDUFLOW_GRACEFUL_SHUTDOWN": "42.5",
-    }
+    env = worker_env(tmp_path, local_env, KDUFLOW_GRACEFUL_SHUTDOWN="42.5")
     proc = subprocess.Popen(
         [sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,

@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy, TypedSearchAttributes
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -416,15 +416,7 @@ def child_search_attributes(
         return None
     if not workflow.patched(PATCH_CHILD_SEARCH_ATTRIBUTES):
         return None
-    pairs: list[SearchAttributePair[Any]] = [
-        SearchAttributePair(search.KDU_CLUSTER, cluster_uuid),
-        SearchAttributePair(search.KDU_OPERATION, operation),
-    ]
-    if release:
-        pairs.append(SearchAttributePair(search.KDU_RELEASE, release))
-    if namespace:
-        pairs.append(SearchAttributePair(search.KDU_NAMESPACE, namespace))
-    return TypedSearchAttributes(pairs)
+    return search.start_attributes(cluster_uuid, operation, release, namespace)
 
 
 def upsert_search(*, release: str = "", namespace: str = "", outcome: str = "") -> None:
