@@ -484,22 +484,27 @@ async def test_client_cluster_and_repository_operations(world: World, kdu: Kdufl
     with pytest.raises(UrlNotAllowed):
         await kdu.repo_add(other, "meta", "http://169.254.169.254/")
     # Children start with the parent's kind of search attributes: InitCluster's SyncRepos, and
-    # ResetCluster's uninstall of a release it finds (which then upserts its outcome).
+    # ResetCluster's uninstalls of the releases it finds (which then upsert their outcome). The
+    # second cluster id names the same sandbox cluster, so the reset finds the other tests'
+    # releases too: each uninstall child carries its own release.
     assert await kdu.reset_cluster(other, force=True, uninstall_sw=True) is True
     query = f'KduCluster="{other}" AND KduOperation IN ("sync-repos", "uninstall")'
 
     def children_closed(listed: list[Any]) -> bool:
         init_sync = [wf for wf in listed if wf.id.startswith(f"sync-repos-{other}-init-") and wf.close_time]
-        uninstalls = [wf for wf in listed if wf.workflow_type == "UninstallKdu"]
-        ended = len(uninstalls) == 1 and uninstalls[0].typed_search_attributes.get(KDU_OUTCOME) is not None
+        mine = [wf for wf in listed if wf.typed_search_attributes.get(KDU_RELEASE) == installed.kdu_instance]
+        ended = len(mine) == 1 and mine[0].typed_search_attributes.get(KDU_OUTCOME) is not None
         return bool(init_sync) and ended
 
     children = await listed_when(kdu, query, children_closed)
     assert children_closed(children), [(wf.id, wf.typed_search_attributes) for wf in children]
-    (uninstall,) = [wf for wf in children if wf.workflow_type == "UninstallKdu"]
-    attrs = uninstall.typed_search_attributes
-    assert (attrs.get(KDU_RELEASE), attrs.get(KDU_NAMESPACE)) == (installed.kdu_instance, "second-apps")
-    assert attrs.get(KDU_OUTCOME) == "succeeded"
+    uninstalls = [wf for wf in children if wf.workflow_type == "UninstallKdu"]
+    for wf in uninstalls:
+        attrs = wf.typed_search_attributes
+        assert attrs.get(KDU_RELEASE) and attrs.get(KDU_NAMESPACE) and attrs.get(KDU_OPERATION) == "uninstall"
+    (mine,) = [wf.typed_search_attributes for wf in uninstalls
+               if wf.typed_search_attributes.get(KDU_RELEASE) == installed.kdu_instance]  # fmt: skip
+    assert (mine.get(KDU_NAMESPACE), mine.get(KDU_OUTCOME)) == ("second-apps", "succeeded")
     with pytest.raises(ClusterNotFound):
         await kdu.repo_list(other)
 
