@@ -141,23 +141,38 @@ async def test_check_once_names_each_failed_check() -> None:
     ]
 
 
+async def until(check: Any, timeout: float = 10) -> None:
+    """Wait until ``check()`` holds (the reporting loop runs on this event loop, every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the timeout"
+        await asyncio.sleep(0.05)
+
+
+def read(path: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 async def test_reporting_rewrites_the_file_and_removes_it(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "health.json"
     path.parent.mkdir()
     write(path, checked_at=time.time())  # left by an earlier run: removed before the first check
     store = FakeStore()
     async with health.reporting(path, 0.1, FakeWorker(), FakeClient(), store, "tq"):
-        assert not path.exists() or json.loads(path.read_text())["task_queue"] == "tq"
-        await asyncio.sleep(0.25)
-        first = json.loads(path.read_text())
-        assert first["healthy"] and first["task_queue"] == "tq" and first["pid"] == os.getpid()
+        assert not path.exists()
+        await until(lambda: read(path).get("task_queue") == "tq")
+        first = read(path)
+        assert first["healthy"] and first["pid"] == os.getpid() and first["interval"] == 0.1
         store.error = ConnectionError("mongo down")
-        await asyncio.sleep(0.3)
+        await until(lambda: not read(path).get("healthy", True))
         assert health.evaluate(path) == (False, "unhealthy: document store: ConnectionError: mongo down")
         store.error = None
-        await asyncio.sleep(0.3)
+        await until(lambda: read(path).get("healthy") is True)
         assert health.evaluate(path)[0]
-        assert json.loads(path.read_text())["checked_at"] > first["checked_at"]
+        assert read(path)["checked_at"] > first["checked_at"]
     assert not path.exists()
     assert list(path.parent.iterdir()) == []  # no temporary file left behind
 
@@ -228,8 +243,8 @@ async def test_worker_writes_its_health_file(tmp_path: Path, local_env: Any, sto
         assert first["interval"] == 1 and first["task_queue"] == env["KDUFLOW_TASK_QUEUE"]
         if store == "embedded":
             assert first["healthy"] and first["problems"] == [], first
-            second = wait_for(path, lambda data: data["checked_at"] > first["checked_at"], timeout=5)
-            assert 0.5 < second["checked_at"] - first["checked_at"] < 4  # every KDUFLOW_HEALTH_INTERVAL
+            second = wait_for(path, lambda data: data["checked_at"] > first["checked_at"], timeout=15)
+            assert 0.5 < second["checked_at"] - first["checked_at"] < 10  # every KDUFLOW_HEALTH_INTERVAL
             result = probe(env)
             assert result.returncode == 0 and "healthy" in result.stdout, result
         else:
