@@ -30,6 +30,8 @@ from typing import IO, Any
 from temporalio import activity
 
 from activities.errors import KduflowError, ProcessTimeout, UnsupportedHelm
+from activities.helm_cli import HelmVersion
+from kduflow import metrics
 
 #: The SDK's adapter: inside an activity, records carry its ids (message and `extra`).
 logger = activity.LoggerAdapter(logging.getLogger(__name__), None)
@@ -324,9 +326,6 @@ class HelmMeteredRunner(Runner):
     async def run(self, argv: Sequence[str], **kwargs: Any) -> ProcessResult:
         if not argv or argv[0] != self.helm:
             return await self.inner.run(argv, **kwargs)
-        from activities.helm_cli import HelmVersion
-        from kduflow import metrics
-
         verb = metrics.helm_verb(argv)
         started, outcome = time.monotonic(), "failed"
         try:

@@ -43,6 +43,20 @@ def db_dict(nsr_id: str) -> DbDict:
     return DbDict(collection="nsrs", filter={"_id": nsr_id}, path=STATUS_PATH)
 
 
+def install_input(cluster_uuid: str, name: str, namespace: str, nsr_id: str) -> InstallKduInput:
+    """The benchmark's InstallKdu: the demo chart 0.1.0, one replica, status into ``nsr_id``."""
+    return InstallKduInput(
+        cluster_uuid=cluster_uuid,
+        kdu_model=CHART,
+        version="0.1.0",
+        kdu_instance=name,
+        namespace=namespace,
+        params={"replicaCount": 1},
+        db_dict=db_dict(nsr_id),
+        timeout=OP_TIMEOUT,
+    )
+
+
 @dataclass
 class Sample:
     """One timed operation (kduflow or raw helm) and what it cost."""
@@ -122,16 +136,7 @@ async def _kduflow_op(w: World, op: str, name: str, nsr: str, rep: int) -> Sampl
     cid = w.cluster_ids[0]
     arg: Any
     if op == "install":
-        arg = InstallKduInput(
-            cluster_uuid=cid,
-            kdu_model=CHART,
-            version="0.1.0",
-            kdu_instance=name,
-            namespace=SEQ_NS,
-            params={"replicaCount": 1},
-            db_dict=db_dict(nsr),
-            timeout=OP_TIMEOUT,
-        )
+        arg = install_input(cid, name, SEQ_NS, nsr)
         wf = "InstallKdu"
     elif op == "upgrade":
         arg = UpgradeKduInput(
@@ -362,16 +367,7 @@ async def _kduflow_round(w: World, n: int, tag: str, namespace: str) -> dict[str
     async def one(j: int) -> float:
         seconds, result = await w.workflow(
             "InstallKdu",
-            InstallKduInput(
-                cluster_uuid=w.cluster_ids[j % clusters],
-                kdu_model=CHART,
-                version="0.1.0",
-                kdu_instance=names[j],
-                namespace=namespace,
-                params={"replicaCount": 1},
-                db_dict=db_dict(nsrs[j]),
-                timeout=OP_TIMEOUT,
-            ),
+            install_input(w.cluster_ids[j % clusters], names[j], namespace, nsrs[j]),
             KduResult,
             prefix=tag,
         )
@@ -513,16 +509,7 @@ async def readiness(w: World, trials: int) -> dict[str, Any]:
     t_begin = time.time()
     tasks = []
     for j in range(trials):
-        arg = InstallKduInput(
-            cluster_uuid=cid,
-            kdu_model=CHART,
-            version="0.1.0",
-            kdu_instance=names[j],
-            namespace=namespace,
-            params={"replicaCount": 1},
-            db_dict=db_dict(nsrs[j]),
-            timeout=OP_TIMEOUT,
-        )
+        arg = install_input(cid, names[j], namespace, nsrs[j])
         tasks.append(asyncio.create_task(w.workflow("InstallKdu", arg, KduResult, prefix=tag)))
         await asyncio.sleep(random.uniform(0.3, 1.7))  # different poll phases per trial
     # Wait until every poller wrote a not-ready status and polled twice (its period is then known),

@@ -10,6 +10,8 @@ retries are spent, e.g. ``OperationInProgress`` with ``wait_for_lock=false``).
 
 from __future__ import annotations
 
+from temporalio.exceptions import ApplicationError, FailureError
+
 INVALID_INPUT = "InvalidInput"
 
 #: Every non-retryable type name, for ``RetryPolicy(non_retryable_error_types=...)``.
@@ -35,4 +37,20 @@ PARENT_TYPES: dict[str, str] = {
     "RollbackFailed": "ReleaseFailed",
 }
 
-__all__ = ["ERROR_TYPES", "INVALID_INPUT", "NON_RETRYABLE_TYPES", "PARENT_TYPES", "RETRYABLE_TYPES"]
+
+
+def application_cause(err: BaseException) -> ApplicationError | None:
+    """The first ApplicationError in ``err``'s cause chain (WorkflowFailureError or ActivityError
+    -> ApplicationError), or None."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ApplicationError):
+            return seen
+        seen = seen.cause if isinstance(seen, FailureError) else seen.__cause__
+    return None
+
+
+__all__ = [
+    "ERROR_TYPES", "INVALID_INPUT", "NON_RETRYABLE_TYPES", "PARENT_TYPES", "RETRYABLE_TYPES",
+    "application_cause",
+]  # fmt: skip

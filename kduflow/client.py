@@ -85,9 +85,7 @@ from temporalio.common import (
 )
 from temporalio.converter import DataConverter
 from temporalio.exceptions import (
-    ApplicationError,
     CancelledError,
-    FailureError,
     TerminatedError,
     TimeoutError,
     WorkflowAlreadyStartedError,
@@ -108,6 +106,7 @@ from contract.cluster import (
     SyncReposInput,
     SyncReposResult,
 )
+from contract.errors import application_cause
 from contract.models import (
     DEFAULT_TASK_QUEUE,
     DbDict,
@@ -304,15 +303,6 @@ ERRORS: dict[str, type[KduflowError]] = {
 }  # fmt: skip
 
 
-def _application_error(err: BaseException) -> ApplicationError | None:
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, ApplicationError):
-            return seen
-        seen = seen.cause if isinstance(seen, FailureError) else seen.__cause__
-    return None
-
-
 def translate_failure(err: WorkflowFailureError, workflow_id: str = "", run_id: str = "") -> KduflowError:
     """The :class:`KduflowError` subclass standing for a failed workflow's cause."""
     ids: dict[str, Any] = {"workflow_id": workflow_id, "run_id": run_id}
@@ -323,7 +313,7 @@ def translate_failure(err: WorkflowFailureError, workflow_id: str = "", run_id: 
         return OperationTerminated(cause.message or "terminated", **ids)
     if isinstance(cause, TimeoutError):
         return OperationTimedOut(cause.message or "timed out", **ids)
-    app = _application_error(err)
+    app = application_cause(err)
     if app is None:
         return UnknownFailure(str(cause or err), **ids)
     cls = ERRORS.get(app.type or "")

@@ -351,12 +351,18 @@ def _read_key_file(path: str, label: str) -> str:
         raise ConfigError(f"{label}={path!r}: cannot read the key file ({err.__class__.__name__})") from None
 
 
-def _validate_executable(raw: Any, label: str, environ: Mapping[str, str]) -> str:
+def resolve_executable(raw: Any, label: str, environ: Mapping[str, str]) -> str:
+    """The absolute path of an executable given as a path (``~`` expanded) or a name on
+    ``environ["PATH"]``.
+
+    Raises:
+        ConfigError: naming ``label`` and the value.
+    """
     value = str(raw).strip()
     if not value:
         raise ConfigError(f"{label}: empty; give a path or a name on PATH")
     if os.sep in value:
-        path = os.path.abspath(value)
+        path = os.path.abspath(os.path.expanduser(value))
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise ConfigError(f"{label}={value!r}: not an executable file")
         return path
@@ -618,8 +624,8 @@ def _validate_health_file(raw: Any, label: str, environ: Mapping[str, str]) -> P
 
 
 _VALIDATORS: dict[str, Callable[[Any, str, Mapping[str, str]], Any]] = {
-    "helm": _validate_executable,
-    "kubectl": _validate_executable,
+    "helm": resolve_executable,
+    "kubectl": resolve_executable,
     "state_dir": _validate_state_dir,
     "charts_dir": _validate_charts_dir,
     "mongo_uri": _validate_mongo_uri,

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kduflow.config import ConfigError, resolve_executable
 from kduflow.devserver import LOOPBACK_NETWORKS, ROOT, dev_server, free_port, temporal_binary
 
 TASK_QUEUE = "kduflow"
@@ -84,15 +85,10 @@ def checkout_tools(root: Path = ROOT) -> Path | None:
 
 
 def _executable(value: str, label: str, environ: Mapping[str, str]) -> str:
-    if os.sep in value:
-        path = os.path.abspath(os.path.expanduser(value))
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            raise SystemExit(f"{label}={value!r}: not an executable file")
-        return path
-    found = shutil.which(value, path=environ.get("PATH", os.defpath))
-    if found is None:
-        raise SystemExit(f"{label}={value!r}: no executable of that name on PATH")
-    return os.path.abspath(found)
+    try:
+        return resolve_executable(value, label, environ)
+    except ConfigError as err:
+        raise SystemExit(str(err)) from None
 
 
 def resolve_tool(

@@ -35,6 +35,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+
 log = logging.getLogger("kduflow.health")
 
 HEALTH_FILE_ENV = "KDUFLOW_HEALTH_FILE"
@@ -91,8 +93,6 @@ async def check_once(worker: _Runnable, client: Any, store: _Pingable, timeout: 
     # ``async with`` around this check has begun.
     if worker.is_shutdown:
         problems.append("temporal worker: shut down")
-    from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
-
     async def temporal() -> None:
         request = GetSystemInfoRequest()
         await client.workflow_service.get_system_info(request, timeout=timedelta(seconds=timeout))

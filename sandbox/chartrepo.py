@@ -65,7 +65,7 @@ def build_repository(helm: Path | str, out_dir: Path, base_url: str) -> list[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
     with tempfile.TemporaryDirectory(prefix="kduflow-helm-home-") as home:
-        env = _helm_env(Path(home))
+        env = helm_env(Path(home))
         for name in CHART_NAMES:
             for version, app_version in VERSIONS:
                 _run(
@@ -82,7 +82,7 @@ def build_repository(helm: Path | str, out_dir: Path, base_url: str) -> list[Pat
     return made
 
 
-def _helm_env(home: Path) -> dict[str, str]:
+def helm_env(home: Path) -> dict[str, str]:
     # A private helm home so nothing from the developer's ~/.config/helm leaks into the packages.
     return {
         "HOME": str(home),

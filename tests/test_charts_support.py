@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sandbox.chartrepo import helm_env
 from tests.conftest import HelmTools
 from tests.support import charts
 from tests.support.charts import CHART_NAMES, CHARTS_DIR, ChartRepoServer, build_repository
@@ -27,14 +28,7 @@ class Helm:
 
     def __init__(self, binary: Path, home: Path) -> None:
         self.binary = binary
-        self.env = {
-            "HOME": str(home),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_DATA_HOME": str(home / "data"),
-            "NO_COLOR": "1",
-            "PATH": "/usr/bin:/bin",
-        }
+        self.env = helm_env(home)
 
     def __call__(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

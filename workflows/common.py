@@ -40,7 +40,7 @@ from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from contract import search
-    from contract.errors import NON_RETRYABLE_TYPES
+    from contract.errors import NON_RETRYABLE_TYPES, application_cause
     from contract.models import (
         ACTIVITY_NAMES,
         DbDict,
@@ -156,16 +156,6 @@ def poller_options(timeout_s: int, interval: float = POLL_INTERVAL) -> dict[str,
 # ------------------------------------------------------------------------------------------------
 # Errors
 # ------------------------------------------------------------------------------------------------
-
-
-def application_cause(err: BaseException) -> ApplicationError | None:
-    """The first ApplicationError in ``err``'s cause chain (ActivityError -> ApplicationError)."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, ApplicationError):
-            return seen
-        seen = seen.cause if isinstance(seen, FailureError) else seen.__cause__
-    return None
 
 
 def describe_failure(err: BaseException) -> tuple[str, str, tuple[Any, ...]]:

@@ -47,7 +47,6 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.service import RPCError
 
 from activities.models import (
@@ -61,6 +60,7 @@ from activities.models import (
     UpgradeKduInput,
 )
 from activities.store import Store
+from contract.errors import application_cause
 from contract.search import dev_server_args
 from kduflow.codec import data_converter
 from kduflow.config import Settings
@@ -544,7 +544,7 @@ class Rig:
                 op.outcome = Outcome(status="COMPLETED", ok=True, result=result)
                 break
             except WorkflowFailureError as err:
-                app = application_error(err)
+                app = application_cause(err)
                 op.outcome = Outcome(
                     status="FAILED",
                     error_type=(app.type or "") if app else type(err.cause).__name__,
@@ -566,15 +566,6 @@ class Rig:
         await asyncio.gather(*(self.finish(op, timeout) for op in ops))
         for op in ops:
             op.timeline = await timeline(op.handle)
-
-
-def application_error(err: BaseException) -> ApplicationError | None:
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, ApplicationError):
-            return seen
-        seen = seen.cause if isinstance(seen, FailureError) else seen.__cause__
-    return None
 
 
 # ------------------------------------------------------------------------------------------------
